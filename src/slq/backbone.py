@@ -1,0 +1,185 @@
+"""Loading a frozen vision-language backbone and turning texts or images into prompt batches.
+
+A backbone is a checkpoint folder as downloaded from a hub: config, weights, tokenizer (with its
+chat template) and image-processor config. slq loads each part with transformers' Auto classes,
+freezes the model structurally (no parameter requires grad, eval mode) and renders every input
+through the checkpoint's own chat template with the assistant opener at the end, which is where
+the latent queries go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import SLQError
+from .families import Family, family_for
+
+# Config keys that say how a checkpoint was saved or run, not what the network is.
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "use_cache",
+    "output_attentions", "output_hidden_states", "return_dict", "_attn_implementation_autoset",
+    "_attn_implementation", "attn_implementation",
+}
+_PROBE_ROWS = 16
+DEFAULT_MAX_TEXT_TOKENS = 128
+
+
+@dataclass
+class PrefixBatch:
+    """Left-padded prompts ending with the assistant opener, ready for queries to be appended."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L), 0 on left padding
+    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixels for image batches
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _canonical(value):
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items()) if k not in _VOLATILE_CONFIG_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _read_chat_template(path: Path, tokenizer) -> str:
+    """The tokenizer's template, else the processor-level one many VL checkpoints ship separately."""
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    jinja, as_json = path / "chat_template.jinja", path / "chat_template.json"
+    if jinja.is_file():
+        return jinja.read_text()
+    if as_json.is_file():
+        return json.loads(as_json.read_text())["chat_template"]
+    raise SLQError(f"{path}: no chat template found (tokenizer_config.json, chat_template.jinja or chat_template.json)")
+
+
+class Backbone:
+    """A frozen vision-language model with its tokenizer, image processor and family hooks."""
+
+    def __init__(self, model, tokenizer, image_processor, family: Family, path: Path,
+                 max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.family = family
+        self.path = path
+        self.max_text_tokens = max_text_tokens
+        self.tokenizer.padding_side = "left"  # queries must sit right after each row's last real token
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.freeze()
+
+    @classmethod
+    def load(cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+             trust_remote_code: bool = False) -> "Backbone":
+        """Load a checkpoint folder through transformers' Auto classes, exactly as downloaded."""
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise SLQError(f"{path}: not a checkpoint folder (no config.json)")
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        family = family_for(config.model_type)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32,
+                                                            trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer.chat_template = _read_chat_template(path, tokenizer)
+        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if device is not None:
+            model.to(device)
+        return cls(model, tokenizer, image_processor, family, path)
+
+    # --- identity -----------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """Frozen structurally: nothing in the backbone can receive a gradient or change mode."""
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.get_text_config().hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.input_embeddings.weight.dtype
+
+    @property
+    def input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def fingerprint(self) -> dict:
+        """What an adapter records to refuse being loaded onto another backbone.
+
+        `config_sha256` identifies the architecture; `embedding_probe` (sums of a few evenly spaced
+        rows of the input embedding) tells apart checkpoints of the same architecture, such as a
+        pretrained model and its random twin, while tolerating a change of dtype.
+        """
+        text = self.config.get_text_config()
+        canonical = json.dumps(_canonical(self.config.to_dict()), sort_keys=True, default=str)
+        weight = self.input_embeddings.weight.detach()
+        rows = torch.linspace(0, weight.shape[0] - 1, _PROBE_ROWS).long()
+        probe = weight[rows].float().sum(-1).tolist()
+        return {
+            "family": self.family.name,
+            "model_type": self.config.model_type,
+            "hidden_size": text.hidden_size,
+            "num_hidden_layers": text.num_hidden_layers,
+            "vocab_size": text.vocab_size,
+            "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+            "embedding_probe": [round(v, 6) for v in probe],
+        }
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    def _prompt(self, content: list[dict]) -> str:
+        """The user turn and the assistant opener, rendered by the checkpoint's own chat template."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def _truncate(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_text_tokens:
+            return text
+        return self.tokenizer.decode(ids[: self.max_text_tokens])
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def text_batch(self, texts: Sequence[str]) -> PrefixBatch:
+        """Captions as user turns, each truncated to `max_text_tokens` tokens."""
+        prompts = [self._prompt([{"type": "text", "text": self._truncate(t)}]) for t in texts]
+        return PrefixBatch(*self._tokenize(prompts))
+
+    def image_batch(self, images: Sequence[Image.Image]) -> PrefixBatch:
+        """Images as user turns whose placeholder is expanded to the vision tower's token count."""
+        inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images)
+        template = self._prompt([{"type": "image"}])
+        token = self.family.image_token(self.config, self.tokenizer)
+        if template.count(token) != 1:
+            raise SLQError(f"{self.path}: the chat template renders an image as {template.count(token)} "
+                           f"{token!r} placeholders; slq expects exactly one")
+        prompts = [template.replace(token, expansion) for expansion in inputs.placeholder_text]
+        input_ids, attention_mask = self._tokenize(prompts)
+        model_inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
+                        for k, v in inputs.model_inputs.items()}
+        return PrefixBatch(input_ids, attention_mask, model_inputs)

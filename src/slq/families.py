@@ -1,0 +1,164 @@
+"""Everything that differs between backbone families, in one registry.
+
+slq drives every family through one path: render the checkpoint's own chat template, expand the
+image placeholder into the number of feature tokens the vision tower will produce, tokenise, and
+call the base model with `inputs_embeds`. A family supplies only two things:
+
+* `image_inputs`: run the image processor and say, per image, what text replaces the placeholder
+  (this is the part of a HF *processor* we need; Qwen-VL processors cannot be built without
+  torchvision, so slq does not use processors at all);
+* `position_ids`: 1-D RoPE families count real tokens (left padding aware); Qwen-VL families use
+  M-RoPE, whose positions only the model's own `get_rope_index` knows. Getting these wrong silently
+  changes the prefix's hidden states, so appended queries must continue exactly where the prefix
+  stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from .errors import SLQError
+
+
+@dataclass
+class ImageInputs:
+    """Processed pixels for one batch, plus the text each image's placeholder becomes."""
+
+    model_inputs: dict[str, torch.Tensor]  # passed to the model as keyword arguments
+    placeholder_text: list[str]  # one per image
+
+
+class Family:
+    """Base family: 1-D RoPE, one image placeholder token expanded to a fixed count."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+
+    def image_token(self, config, tokenizer) -> str:
+        return tokenizer.convert_ids_to_tokens(config.image_token_id)
+
+    def image_inputs(self, config, tokenizer, image_processor, images: Sequence[Image.Image]) -> ImageInputs:
+        raise NotImplementedError
+
+    def extra_inputs(self, config, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model kwargs derived from the token ids (e.g. Qwen's multimodal token types)."""
+        return {}
+
+    def position_ids(self, model, input_ids, attention_mask, model_inputs) -> torch.Tensor:
+        """Positions of real tokens count from 0 after the left padding."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+
+
+class QwenVLFamily(Family):
+    """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: dynamic resolution, M-RoPE."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.model_types = (name,)
+
+    def image_inputs(self, config, tokenizer, image_processor, images):
+        out = image_processor(images=list(images), return_tensors="pt")
+        merge = image_processor.merge_size
+        token = self.image_token(config, tokenizer)
+        counts = [int(thw.prod()) // (merge * merge) for thw in out["image_grid_thw"]]
+        return ImageInputs(
+            {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]},
+            [token * n for n in counts],
+        )
+
+    def extra_inputs(self, config, input_ids):
+        return {"mm_token_type_ids": (input_ids == config.image_token_id).int()}  # 1 = image token
+
+    def position_ids(self, model, input_ids, attention_mask, model_inputs):
+        position_ids, _ = model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=self.extra_inputs(model.config, input_ids)["mm_token_type_ids"],
+            image_grid_thw=model_inputs.get("image_grid_thw"),
+            attention_mask=attention_mask,
+        )
+        return position_ids  # (3, B, L)
+
+
+class InternVLFamily(Family):
+    """InternVL (HF-native): fixed tiles of image_seq_length tokens wrapped in <img>…</img>."""
+
+    name = "internvl"
+    model_types = ("internvl",)
+
+    def image_inputs(self, config, tokenizer, image_processor, images):
+        out = image_processor(images=list(images), return_tensors="pt")
+        vision = config.vision_config
+        side = vision.image_size[0] // vision.patch_size[0]
+        per_tile = int(side * side * config.downsample_ratio**2)
+        tiles = out.get("num_patches", torch.ones(len(images), dtype=torch.long))
+        token = self.image_token(config, tokenizer)
+        return ImageInputs(
+            {"pixel_values": out["pixel_values"]},
+            [f"<img>{token * per_tile * int(n)}</img>" for n in tiles],
+        )
+
+
+class Idefics3Family(Family):
+    """Idefics3 / SmolVLM: optional grid of tiles, each tagged, then a global image."""
+
+    name = "idefics3"
+    model_types = ("idefics3", "smolvlm")
+
+    def image_inputs(self, config, tokenizer, image_processor, images):
+        out = image_processor(images=[[im] for im in images], return_tensors="pt", return_row_col_info=True)
+        vision = config.vision_config
+        seq = int((vision.image_size // vision.patch_size) ** 2 / config.scale_factor**2)
+        token = self.image_token(config, tokenizer)
+        tiles = token * seq
+        fake, glob = "<fake_token_around_image>", "<global-img>"
+        texts = []
+        for rows, cols in zip(out["rows"], out["cols"]):
+            rows, cols = int(rows[0]), int(cols[0])
+            grid = "".join(
+                "".join(f"{fake}<row_{r + 1}_col_{c + 1}>{tiles}" for c in range(cols)) + "\n" for r in range(rows)
+            )
+            texts.append(f"{grid}\n{fake}{glob}{tiles}{fake}" if rows or cols else f"{fake}{glob}{tiles}{fake}")
+        inputs = {"pixel_values": out["pixel_values"]}
+        if "pixel_attention_mask" in out:
+            inputs["pixel_attention_mask"] = out["pixel_attention_mask"]
+        return ImageInputs(inputs, texts)
+
+
+class LlavaFamily(Family):
+    """LLaVA-1.5 style: one CLIP-like image, a token per patch (plus CLS under 'full')."""
+
+    name = "llava"
+    model_types = ("llava",)
+
+    def image_inputs(self, config, tokenizer, image_processor, images):
+        out = image_processor(images=list(images), return_tensors="pt")
+        height, width = out["pixel_values"].shape[-2:]
+        patch = config.vision_config.patch_size
+        count = (height // patch) * (width // patch) + (config.vision_feature_select_strategy == "full")
+        return ImageInputs({"pixel_values": out["pixel_values"]}, [self.image_token(config, tokenizer) * count] * len(images))
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        QwenVLFamily("qwen2_vl"),
+        QwenVLFamily("qwen2_5_vl"),
+        QwenVLFamily("qwen3_vl"),
+        InternVLFamily(),
+        Idefics3Family(),
+        LlavaFamily(),
+    )
+}
+
+
+def family_for(model_type: str) -> Family:
+    """The family that handles a config's `model_type`, or a clear error listing what is supported."""
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family
+    supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
+    raise SLQError(f"unsupported backbone model_type {model_type!r}; slq supports: {', '.join(supported)}")

@@ -1,0 +1,258 @@
+"""Tiny randomly initialised checkpoints of every supported family, built offline.
+
+No model hub is reachable here, yet tests and smoke runs must load checkpoints through exactly the
+path a downloaded one takes. So `build_tiny_model` writes a *normal checkpoint folder*: config,
+safetensors weights, a tokenizer trained on a small corpus, a chat template in the family's own
+style and an image-processor config. Nothing in slq treats these folders specially.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .errors import SLQError
+
+# Words enough for a byte-level BPE that tokenises captions in a few pieces, not byte by byte.
+_CORPUS = """a an the one two three four five small large big tiny red green blue yellow purple orange
+black white grey gray brown pink circle square triangle star shape shapes object objects above below
+left right of next to on in near and with cat dog bird animal shelf table photo picture image of
+sitting standing lying man woman child people street car bus train sky water grass tree house room
+kitchen food plate pizza bowl cup banana apple sandwich horse sheep cow elephant bear zebra giraffe""".split()
+
+_QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_INTERNVL_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+_IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """What differs between families' tiny checkpoints."""
+
+    special_tokens: tuple[str, ...]
+    pad_token: str
+    eos_token: str
+    chat_template: str
+    make_config: Callable[[dict[str, int], int], object]  # (token ids, vocab size) -> config
+    make_image_processor: Callable[[], object]
+
+
+def _qwen_text(vocab: int, ids: dict[str, int], **extra) -> dict:
+    return dict(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], **extra,
+    )
+
+
+def _qwen_ids(ids: dict[str, int]) -> dict[str, int]:
+    return dict(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def _qwen2_vl_config(ids: dict[str, int], vocab: int):
+    from transformers import Qwen2VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    return Qwen2VLConfig(
+        text_config=_qwen_text(vocab, ids, rope_parameters=rope),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
+                           temporal_patch_size=2, spatial_merge_size=2, in_channels=3),
+        **_qwen_ids(ids),
+    )
+
+
+def _qwen2_5_vl_config(ids: dict[str, int], vocab: int):
+    from transformers import Qwen2_5_VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+    return Qwen2_5_VLConfig(
+        text_config=_qwen_text(vocab, ids, rope_parameters=rope),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
+                           fullatt_block_indexes=[1], in_channels=3),
+        **_qwen_ids(ids),
+    )
+
+
+def _qwen3_vl_config(ids: dict[str, int], vocab: int):
+    from transformers import Qwen3VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    return Qwen3VLConfig(
+        text_config=_qwen_text(vocab, ids, head_dim=8, rope_parameters=rope),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0, 1], in_channels=3),
+        **_qwen_ids(ids),
+    )
+
+
+def _qwen_image_processor(patch: int):
+    def make():
+        from transformers import Qwen2VLImageProcessorPil
+
+        unit = patch * 2  # patch x spatial merge
+        return Qwen2VLImageProcessorPil(
+            patch_size=patch, merge_size=2, temporal_patch_size=2,
+            size={"shortest_edge": unit * unit * 4, "longest_edge": unit * unit * 16},
+        )
+
+    return make
+
+
+def _internvl_config(ids: dict[str, int], vocab: int):
+    from transformers import InternVLConfig
+
+    return InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=[32, 32], patch_size=[4, 4], use_mask_token=False),
+        text_config=dict(model_type="qwen2", vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<IMG_CONTEXT>"], downsample_ratio=0.5, projector_hidden_act="gelu",
+    )
+
+
+def _internvl_image_processor():
+    from transformers import GotOcr2ImageProcessorPil
+
+    return GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=False)
+
+
+def _idefics3_config(ids: dict[str, int], vocab: int):
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=16, patch_size=4),
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=ids["<|endoftext|>"],
+                         bos_token_id=None, eos_token_id=ids["<end_of_utterance>"]),
+        image_token_id=ids["<image>"], scale_factor=2,
+    )
+
+
+def _idefics3_image_processor():
+    from transformers import Idefics3ImageProcessorPil
+
+    return Idefics3ImageProcessorPil(
+        do_image_splitting=True, size={"longest_edge": 32}, max_image_size={"longest_edge": 16},
+    )
+
+
+def _llava_config(ids: dict[str, int], vocab: int):
+    from transformers import LlavaConfig
+
+    return LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+                           projection_dim=32),
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"],
+                         eos_token_id=ids["</s>"]),
+        image_token_id=ids["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+
+
+def _llava_image_processor():
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+_QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>")
+
+RECIPES: dict[str, TinyRecipe] = {
+    "qwen2_vl": TinyRecipe(_QWEN_TOKENS, "<|endoftext|>", "<|im_end|>", _QWEN_TEMPLATE,
+                           _qwen2_vl_config, _qwen_image_processor(14)),
+    "qwen2_5_vl": TinyRecipe(_QWEN_TOKENS, "<|endoftext|>", "<|im_end|>", _QWEN_TEMPLATE,
+                             _qwen2_5_vl_config, _qwen_image_processor(14)),
+    "qwen3_vl": TinyRecipe(_QWEN_TOKENS, "<|endoftext|>", "<|im_end|>", _QWEN_TEMPLATE,
+                           _qwen3_vl_config, _qwen_image_processor(16)),
+    "internvl": TinyRecipe(("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"),
+                           "<|endoftext|>", "<|im_end|>", _INTERNVL_TEMPLATE, _internvl_config,
+                           _internvl_image_processor),
+    "idefics3": TinyRecipe(("<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+                            "<image>", "<global-img>",
+                            *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))),
+                           "<|endoftext|>", "<end_of_utterance>", _IDEFICS3_TEMPLATE, _idefics3_config,
+                           _idefics3_image_processor),
+    "llava": TinyRecipe(("<unk>", "<s>", "</s>", "<pad>", "<image>"), "<pad>", "</s>", _LLAVA_TEMPLATE,
+                        _llava_config, _llava_image_processor),
+}
+
+TINY_FAMILIES = tuple(RECIPES)
+
+
+def _train_tokenizer(recipe: TinyRecipe, vocab_size: int):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(recipe.special_tokens),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([" ".join(_CORPUS)] + _CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=recipe.pad_token, eos_token=recipe.eos_token,
+                                   chat_template=recipe.chat_template, padding_side="left")
+
+
+def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
+    """Write a tiny random checkpoint folder of `family` to `out_dir` (atomically) and return its path."""
+    if family not in RECIPES:
+        raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
+    from transformers import AutoModelForImageTextToText
+
+    recipe = RECIPES[family]
+    out = Path(out_dir)
+    tokenizer = _train_tokenizer(recipe, vocab_size)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
+    config = recipe.make_config(ids, len(tokenizer))
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        recipe.make_image_processor().save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
