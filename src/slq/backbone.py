@@ -129,15 +129,16 @@ class Backbone:
     def fingerprint(self) -> dict:
         """What an adapter records to refuse being loaded onto another backbone.
 
-        `config_sha256` identifies the architecture; `embedding_probe` (sums of a few evenly spaced
-        rows of the input embedding) tells apart checkpoints of the same architecture, such as a
-        pretrained model and its random twin, while tolerating a change of dtype.
+        `config_sha256` identifies the architecture; `embedding_probe` (L2 norms of a few evenly
+        spaced rows of the input embedding) tells apart checkpoints of the same architecture, such
+        as a pretrained model and its random twin. Norms, unlike sums, do not cancel, so a reload
+        in bfloat16 stays within the comparison's tolerance.
         """
         text = self.config.get_text_config()
         canonical = json.dumps(_canonical(self.config.to_dict()), sort_keys=True, default=str)
         weight = self.input_embeddings.weight.detach()
         rows = torch.linspace(0, weight.shape[0] - 1, _PROBE_ROWS).long()
-        probe = weight[rows].float().sum(-1).tolist()
+        probe = weight[rows].float().norm(dim=-1).tolist()
         return {
             "family": self.family.name,
             "model_type": self.config.model_type,

@@ -1,0 +1,154 @@
+"""The adapter folder: everything SLQ learns, small enough to mail.
+
+Layout (PEFT-style):
+    adapter_config.json        AdapterConfig: query shape, pooling, temperature, backbone fingerprint
+    adapter_model.safetensors  one float32 tensor "queries" of shape (N_q, d)
+    README.md                  a model card rendered from the config
+
+Each file is written to a temporary name and renamed into place, so a crash never leaves a
+half-written file. Loading accepts safetensors only (never pickle), checks shapes, dtype and finiteness, and
+refuses a backbone whose fingerprint differs, saying what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .data import atomic_write
+from .errors import AdapterError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+CARD_NAME = "README.md"
+POOLINGS = ("mean",)
+_PROBE_RTOL = 1e-2  # embedding probes differ by more than this between different checkpoints
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter is and which backbone it belongs to."""
+
+    num_queries: int
+    hidden_size: int
+    backbone: dict  # Backbone.fingerprint() of the backbone it was trained on
+    pooling: str = "mean"
+    temperature: float = 0.07  # the learned temperature at the end of training
+    slq_version: str = __version__
+    training: dict = field(default_factory=dict)  # settings and results of the run, for the record
+
+    def __post_init__(self):
+        if not (isinstance(self.num_queries, int) and self.num_queries > 0):
+            raise AdapterError(f"num_queries must be a positive integer, got {self.num_queries!r}")
+        if not (isinstance(self.hidden_size, int) and self.hidden_size > 0):
+            raise AdapterError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
+        if self.pooling not in POOLINGS:
+            raise AdapterError(f"pooling {self.pooling!r} is not supported; choose one of {POOLINGS}")
+        if not isinstance(self.backbone, dict) or "config_sha256" not in self.backbone:
+            raise AdapterError("backbone fingerprint missing or malformed")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise AdapterError(f"temperature must be a positive number, got {self.temperature!r}")
+
+
+def backbone_mismatch(expected: dict, actual: dict) -> str | None:
+    """Why `actual` (a backbone's fingerprint) is not the backbone an adapter expects, or None."""
+    fields = ("family", "model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    diffs = [f"{k} {expected.get(k)!r} != {actual.get(k)!r}" for k in fields if expected.get(k) != actual.get(k)]
+    if diffs:
+        return "; ".join(diffs)
+    if expected.get("config_sha256") != actual.get("config_sha256"):
+        return "same architecture summary but a different config (config_sha256 differs)"
+    probe_a, probe_b = expected.get("embedding_probe", []), actual.get("embedding_probe", [])
+    if len(probe_a) != len(probe_b) or any(
+        abs(a - b) > _PROBE_RTOL * max(abs(a), abs(b), 1e-3) for a, b in zip(probe_a, probe_b)
+    ):
+        return "same architecture but different weights (embedding probe differs)"
+    return None
+
+
+def _model_card(config: AdapterConfig) -> str:
+    bb = config.backbone
+    lines = [
+        "# SLQ adapter",
+        "",
+        f"Shared Latent Queries for a frozen `{bb.get('model_type')}` backbone "
+        f"(hidden size {bb.get('hidden_size')}, {bb.get('num_hidden_layers')} layers).",
+        "",
+        f"- queries: {config.num_queries} x {config.hidden_size} = {config.num_queries * config.hidden_size:,} "
+        "trainable parameters",
+        f"- pooling: {config.pooling} over the query positions, L2-normalised",
+        f"- temperature (learned): {config.temperature:.4f}",
+        f"- slq version: {config.slq_version}",
+        "",
+        "```python",
+        "from slq import SLQRetriever",
+        "r = SLQRetriever.from_pretrained(BACKBONE_DIR, ADAPTER_DIR)",
+        "```",
+    ]
+    if config.training:
+        lines += ["", "## Training", "", "```json", json.dumps(config.training, indent=2, sort_keys=True), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def save_adapter(path: str | os.PathLike, queries: torch.Tensor, config: AdapterConfig) -> Path:
+    """Write the adapter files into `path`, each atomically (temp file + rename), config last.
+
+    Other entries of the folder (a training checkpoint) are left alone. A crash between two files
+    leaves weights and config that disagree in shape or none at all, which loading reports.
+    """
+    path = Path(path)
+    expected = (config.num_queries, config.hidden_size)
+    assert tuple(queries.shape) == expected, f"queries shape {tuple(queries.shape)} != config {expected}"
+    path.mkdir(parents=True, exist_ok=True)
+    staging = path / f".{WEIGHTS_NAME}.tmp"
+    save_file({"queries": queries.detach().float().cpu().contiguous()}, str(staging),
+              metadata={"format": "pt", "slq_version": __version__})
+    os.replace(staging, path / WEIGHTS_NAME)
+    atomic_write(path / CONFIG_NAME, json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+    atomic_write(path / CARD_NAME, _model_card(config))
+    return path
+
+
+def load_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, torch.Tensor]:
+    """Read and validate an adapter folder; any defect is an AdapterError naming the file."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter folder")
+    if not config_file.is_file():
+        raise AdapterError(f"{config_file}: missing (not an slq adapter folder?)")
+    try:
+        raw = json.loads(config_file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        known = AdapterConfig.__dataclass_fields__
+        config = AdapterConfig(**{k: v for k, v in raw.items() if k in known})
+    except AdapterError as e:
+        raise AdapterError(f"{config_file}: {e}") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{config_file}: malformed adapter config: {e}") from None
+    if not weights_file.is_file():
+        raise AdapterError(f"{weights_file}: missing")
+    try:
+        tensors = load_file(str(weights_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{weights_file}: not a readable safetensors file: {e}") from None
+    queries = tensors.get("queries")
+    if queries is None or set(tensors) != {"queries"}:
+        raise AdapterError(f"{weights_file}: expected exactly one tensor 'queries', found {sorted(tensors)}")
+    if not queries.is_floating_point():
+        raise AdapterError(f"{weights_file}: queries have dtype {queries.dtype}, expected a float type")
+    if tuple(queries.shape) != (config.num_queries, config.hidden_size):
+        raise AdapterError(f"{weights_file}: queries shape {tuple(queries.shape)} does not match the config's "
+                           f"({config.num_queries}, {config.hidden_size})")
+    if not torch.isfinite(queries).all():
+        raise AdapterError(f"{weights_file}: queries contain NaN or infinite values")
+    return config, queries.float()

@@ -1,0 +1,237 @@
+"""The `slq` command: a thin layer over the library, one function per subcommand.
+
+Exit codes: 0 success; 2 a usage or input error (bad flag, bad data, mismatched adapter), reported
+on one line; 130 interrupted; anything else is a bug and prints its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EXIT_USAGE, SLQError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# --- shared options ---------------------------------------------------------------------------
+
+def _backbone_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, type=Path, help="checkpoint folder of the vision-language model")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="backbone weights dtype (default: float32)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cpu)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the checkpoint's own Python code to run (off by default)")
+
+
+def _data_options(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    p.add_argument(flag, required=True, type=Path,
+                   help=f"{what}: our JSONL (one {{\"image\", \"captions\"}} record per line) or a Karpathy "
+                        "split file (dataset_coco.json / dataset_flickr30k.json)")
+    p.add_argument("--image-root", type=Path, default=None,
+                   help="Karpathy files only: folder the image paths are relative to (default: the file's folder)")
+    p.add_argument("--split", default=None, help="Karpathy files only: train, val, test (default), restval, "
+                                                 "train+restval")
+    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
+                   help="a malformed record or unreadable image stops the run (error, default) or is left out "
+                        "and listed (skip)")
+
+
+def _batch_option(p: argparse.ArgumentParser, default: int = 32) -> None:
+    p.add_argument("--batch-size", type=int, default=default, help=f"items per forward pass (default: {default})")
+
+
+def _load_data(args, flag_value: Path):
+    from .data import load_dataset
+
+    dataset = load_dataset(flag_value, image_root=args.image_root, split=args.split, on_bad_record=args.on_bad_record)
+    for skipped in dataset.skipped:
+        print(f"slq: skipped {skipped.source}: {skipped.reason}", file=sys.stderr)
+    if dataset.skipped:
+        print(f"slq: {len(dataset.skipped)} bad record(s) skipped in {flag_value}", file=sys.stderr)
+    return dataset
+
+
+def _retriever(args, adapter: Path | None, **kwargs):
+    import torch
+
+    from .retriever import SLQRetriever
+
+    return SLQRetriever.from_pretrained(args.backbone, adapter, dtype=getattr(torch, args.dtype), device=args.device,
+                                        trust_remote_code=args.trust_remote_code, **kwargs)
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+def cmd_train(args) -> None:
+    from .train import CHECKPOINT_DIR, TrainConfig, train, train_settings
+
+    config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                         temperature=args.temperature, seed=args.seed, save_every=args.save_every)
+    if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
+        raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
+                       "--overwrite to start afresh")
+    dataset = _load_data(args, args.train)
+    retriever = _retriever(args, None, num_queries=config.num_queries, seed=config.seed)
+    print(f"slq: training {retriever.trainable_parameters:,} parameters ({config.num_queries} queries x "
+          f"{retriever.backbone.hidden_size}) on {len(dataset)} images; backbone frozen", file=sys.stderr)
+    result = train(retriever, dataset, config, checkpoint_dir=args.out, resume=args.resume)
+    settings = train_settings(config, dataset, result)
+    settings["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
+    retriever.save(args.out, training=settings)
+    print(f"slq: adapter written to {args.out} ({result.steps} steps, {result.train_seconds:.1f} s, "
+          f"final loss {settings['final_loss']:.4f})")
+
+
+def cmd_eval(args) -> None:
+    from .data import atomic_write
+    from .evaluate import evaluate
+    from .metrics import format_recall_table
+
+    dataset = _load_data(args, args.data)
+    retriever = _retriever(args, args.adapter)
+    report = evaluate(retriever, dataset, batch_size=args.batch_size)
+    print(format_recall_table(report, title=f"{dataset.name}: {args.adapter}"))
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.report, json.dumps(report, indent=2) + "\n")
+        print(f"slq: report written to {args.report}")
+
+
+def _read_texts(path: Path) -> list[str]:
+    from .errors import DataError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read texts: {e}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise DataError(f"{path}:{number}: empty line; --texts takes one non-empty text per line")
+    if not lines:
+        raise DataError(f"{path}: no texts")
+    return lines
+
+
+def _list_images(path: Path) -> list:
+    from .data import load_jsonl
+    from .errors import DataError
+
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if path.suffix.lower() == ".jsonl":
+        return load_jsonl(path).records
+    raise DataError(f"{path}: --images takes a folder of images or a .jsonl dataset")
+
+
+def cmd_embed(args) -> None:
+    from .data import atomic_write
+
+    items = _read_texts(args.texts) if args.texts is not None else _list_images(args.images)
+    retriever = _retriever(args, args.adapter)
+    if args.texts is not None:
+        embeddings = retriever.encode_text(items, batch_size=args.batch_size, show_progress_bar=None)
+    else:
+        embeddings = retriever.encode_image(items, batch_size=args.batch_size, show_progress_bar=None)
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings.astype(np.float32))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, buffer.getvalue())
+    print(f"slq: {embeddings.shape[0]} embeddings of width {embeddings.shape[1]} written to {args.out}")
+
+
+def cmd_tiny_model(args) -> None:
+    from .tiny import build_tiny_model
+
+    out = build_tiny_model(args.family, args.out, seed=args.seed)
+    print(f"slq: tiny random {args.family} checkpoint written to {out}")
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from .tiny import TINY_FAMILIES
+    from .train import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    parser = argparse.ArgumentParser(prog="slq", description="Frozen multimodal LLM -> text-image retriever with "
+                                                             "Shared Latent Queries.")
+    parser.add_argument("--version", action="version", version=f"slq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="learn the latent queries on a captioned image set (backbone frozen)")
+    _backbone_options(p)
+    _data_options(p, "--train", "training data")
+    p.add_argument("--out", required=True, type=Path, help="adapter folder to write")
+    p.add_argument("--num-queries", type=int, default=defaults["num_queries"],
+                   help=f"number of shared latent queries N_q (default: {defaults['num_queries']})")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help=f"(default: {defaults['epochs']})")
+    _batch_option(p, defaults["batch_size"])
+    p.add_argument("--lr", type=float, default=defaults["lr"], help=f"peak learning rate (default: {defaults['lr']})")
+    p.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay (default: 0)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warmup steps, then linear decay (default: min(100, a tenth of the run))")
+    p.add_argument("--temperature", type=float, default=defaults["temperature"],
+                   help=f"initial InfoNCE temperature, learned (default: {defaults['temperature']})")
+    p.add_argument("--seed", type=int, default=defaults["seed"], help="seed for data order and query init (default: 0)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="write a resumable checkpoint into OUT/checkpoint every N steps (default: 0, only at the end)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    resume.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="Recall@1/5/10 in both directions on a captioned image set")
+    _backbone_options(p)
+    p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
+    _data_options(p, "--data", "evaluation data")
+    _batch_option(p)
+    p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("embed", help="write L2-normalised embeddings of texts or images to a .npy file")
+    _backbone_options(p)
+    p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--texts", type=Path, help="text file, one text per line (row i = line i)")
+    source.add_argument("--images", type=Path,
+                        help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order)")
+    p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
+    _batch_option(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random checkpoint folder of a family (for tests and smoke runs)")
+    p.add_argument("--family", required=True, choices=TINY_FAMILIES)
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
+    p.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SLQError as e:
+        print(f"slq: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("slq: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

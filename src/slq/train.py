@@ -1,0 +1,204 @@
+"""Training the latent queries: symmetric InfoNCE, AdamW, warmup then linear decay.
+
+Only the queries and the temperature train. Every batch is a pure function of (seed, step): the
+epoch's image order comes from a generator seeded by (seed, epoch) and each image's caption from
+one seeded by (seed, step). So a run is deterministic on CPU, and a run resumed from a checkpoint
+continues with exactly the batches it would have seen.
+
+Checkpoints (queries, temperature, optimizer, scheduler, step) are written atomically as
+`checkpoint/` inside the output folder, in safetensors + JSON: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import ImageTextDataset, load_image
+from .errors import SLQError
+from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
+from .retriever import SLQRetriever
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; saved with the adapter so the run can be told apart."""
+
+    num_queries: int = 20  # N_q, the number of shared latent queries
+    epochs: int = 1  # passes over the training images
+    batch_size: int = 32  # image-caption pairs per step; the other pairs are the negatives
+    lr: float = 5e-4  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay on the queries
+    warmup_steps: int | None = None  # linear warmup; None = min(100, a tenth of the run)
+    temperature: float = 0.07  # initial InfoNCE temperature (learned)
+    seed: int = 0  # data order, caption choice and query initialisation
+    save_every: int = 0  # write a resumable checkpoint every N steps (0 = only at the end)
+
+    def __post_init__(self):
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                raise SLQError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {rule}")
+
+        need(isinstance(self.num_queries, int) and self.num_queries >= 1, "num_queries", "must be an integer >= 1")
+        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be an integer >= 1")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",
+             "must be an integer >= 2 (in-batch negatives need company)")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+             "warmup_steps", "must be an integer >= 0")
+        need(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
+             f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+        need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one entry per step: step, loss, temperature, lr
+    train_seconds: float = 0.0
+    steps: int = 0
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class BatchPlan:
+    """Which images and which of their captions make up each step."""
+
+    def __init__(self, dataset: ImageTextDataset, config: TrainConfig):
+        if config.batch_size > len(dataset):
+            raise SLQError(f"--batch-size {config.batch_size} is larger than the training set "
+                           f"({len(dataset)} images in {dataset.name})")
+        self.dataset, self.config = dataset, config
+        self.steps_per_epoch = len(dataset) // config.batch_size  # drop the ragged tail: equal negatives per step
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+    def __call__(self, step: int) -> tuple[list, list[str]]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.dataset), generator=_seeded(self.config.seed, epoch))
+        picked = order[within * self.config.batch_size:(within + 1) * self.config.batch_size].tolist()
+        choice = _seeded(self.config.seed, epoch, within, 1)
+        records = [self.dataset.records[i] for i in picked]
+        texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
+        return records, texts
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1 over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _save_checkpoint(folder: Path, step: int, retriever: SLQRetriever, loss_fn: ContrastiveLoss,
+                     optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
+    """Everything needed to continue bit for bit, written to a temp folder and renamed into place."""
+    tensors = {"queries": retriever.queries.weight.detach().cpu(), "log_temperature": loss_fn.log_temperature.detach()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu()
+    meta = {"step": step, "param_groups": opt["param_groups"], "history": result.history,
+            "train_seconds": result.train_seconds}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=folder.parent))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+    (staging / "state.json").write_text(json.dumps(meta))
+    old = folder.parent / f".{folder.name}.old"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, retriever: SLQRetriever, loss_fn: ContrastiveLoss,
+                     optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
+    try:
+        tensors = load_file(str(folder / "state.safetensors"))
+        meta = json.loads((folder / "state.json").read_text())
+        with torch.no_grad():
+            retriever.queries.weight.copy_(tensors.pop("queries"))
+            loss_fn.log_temperature.copy_(tensors.pop("log_temperature"))
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise SLQError(f"{folder}: cannot resume from this checkpoint: {e}") from None
+    result.history, result.train_seconds = meta["history"], meta["train_seconds"]
+    return int(meta["step"])
+
+
+def train(retriever: SLQRetriever, dataset: ImageTextDataset, config: TrainConfig, *,
+          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `retriever`'s queries in place on `dataset`; returns the per-step history."""
+    if retriever.queries.num_queries != config.num_queries:
+        raise SLQError(f"retriever has {retriever.queries.num_queries} queries but the config asks for "
+                       f"{config.num_queries}")
+    plan = BatchPlan(dataset, config)
+    warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
+    loss_fn = ContrastiveLoss(config.temperature)
+    optimizer = torch.optim.AdamW(
+        [{"params": [retriever.queries.weight], "weight_decay": config.weight_decay},
+         {"params": [loss_fn.log_temperature], "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    result = TrainResult(steps=plan.total_steps)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
+    start = 0
+    if resume:
+        if checkpoint is None or not (checkpoint / "state.json").is_file():
+            raise SLQError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
+        start = _load_checkpoint(checkpoint, retriever, loss_fn, optimizer, result)
+    backbone = retriever.backbone
+    bar = tqdm(total=plan.total_steps, initial=start, desc="training queries", unit="step",
+               disable=None if progress is None else not progress)
+    for step in range(start, plan.total_steps):
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
+        records, texts = plan(step)
+        images = [load_image(r.image, r.source) for r in records]
+        text_emb = retriever.embed(backbone.text_batch(texts))  # (B, d)
+        image_emb = retriever.embed(backbone.image_batch(images))  # (B, d)
+        loss = loss_fn(text_emb, image_emb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result.train_seconds += time.perf_counter() - began
+        entry = {"step": step + 1, "loss": loss.item(), "temperature": loss_fn.temperature.item(),
+                 "lr": optimizer.param_groups[0]["lr"]}
+        result.history.append(entry)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", t=f"{entry['temperature']:.3f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(entry)
+        last = step + 1 == plan.total_steps
+        if checkpoint is not None and (last or (config.save_every and (step + 1) % config.save_every == 0)):
+            _save_checkpoint(checkpoint, step + 1, retriever, loss_fn, optimizer, result)
+    bar.close()
+    retriever.temperature = loss_fn.temperature.item()
+    return result
+
+
+def train_settings(config: TrainConfig, dataset: ImageTextDataset, result: TrainResult) -> dict:
+    """The record of a run stored in the adapter's config and model card."""
+    final = result.history[-1] if result.history else {}
+    return {**asdict(config), "train_data": dataset.name, "train_images": len(dataset), "steps": result.steps,
+            "final_loss": final.get("loss"), "train_seconds": round(result.train_seconds, 3)}

@@ -1,0 +1,86 @@
+"""Adapters: save -> load gives the same embeddings; wrong backbones and damaged files are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from slq.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter
+from slq.data import load_jsonl
+from slq.errors import AdapterError
+from slq.retriever import SLQRetriever
+from slq.tiny import build_tiny_model
+
+TEXTS = ["a red circle", "one blue square", "a yellow circle"]
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_dirs, tmp_path_factory):
+    retriever = SLQRetriever.from_pretrained(tiny_dirs["qwen2_vl"], num_queries=6, seed=3)
+    with torch.no_grad():
+        retriever.queries.weight.mul_(1.5)  # not the initial state: make sure what is saved is what is used
+    path = retriever.save(tmp_path_factory.mktemp("adapters") / "a", training={"note": "test"})
+    return retriever, path
+
+
+def test_save_load_gives_identical_embeddings(saved, tiny_dirs, shapes_jsonl):
+    retriever, path = saved
+    images = load_jsonl(shapes_jsonl).records[:5]
+    loaded = SLQRetriever.from_pretrained(tiny_dirs["qwen2_vl"], path)
+    assert np.array_equal(retriever.encode_text(TEXTS), loaded.encode_text(TEXTS))
+    assert np.array_equal(retriever.encode_image(images), loaded.encode_image(images))
+    single = loaded.encode_text(TEXTS[0])
+    assert single.shape == (loaded.backbone.hidden_size,) and np.isclose(np.linalg.norm(single), 1.0)
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_other_family_is_refused_with_what_differs(saved, tiny_dirs):
+    _, path = saved
+    with pytest.raises(AdapterError, match=r"another backbone.*family 'qwen2_vl' != 'internvl'"):
+        SLQRetriever.from_pretrained(tiny_dirs["internvl"], path)
+
+
+def test_same_architecture_other_weights_is_refused(saved, tmp_path):
+    _, path = saved
+    twin = build_tiny_model("qwen2_vl", tmp_path / "twin", seed=1)
+    with pytest.raises(AdapterError, match="different weights"):
+        SLQRetriever.from_pretrained(twin, path)
+
+
+def test_reload_in_bfloat16_is_accepted(saved, tiny_dirs):
+    _, path = saved
+    retriever = SLQRetriever.from_pretrained(tiny_dirs["qwen2_vl"], path, dtype=torch.bfloat16)
+    assert retriever.encode_text(TEXTS).shape == (3, retriever.backbone.hidden_size)
+
+
+def _copy(path, tmp_path):
+    target = tmp_path / "copy"
+    target.mkdir()
+    for f in path.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / WEIGHTS_NAME).write_bytes(b"\x00garbage"), "not a readable safetensors"),
+    (lambda d: save_file({"queries": torch.full((6, 32), float("nan"))}, str(d / WEIGHTS_NAME)), "NaN"),
+    (lambda d: save_file({"queries": torch.zeros(5, 32)}, str(d / WEIGHTS_NAME)), "does not match"),
+    (lambda d: save_file({"queries": torch.zeros(6, 32, dtype=torch.int32)}, str(d / WEIGHTS_NAME)), "dtype"),
+    (lambda d: save_file({"queries": torch.zeros(6, 32), "x": torch.zeros(1)}, str(d / WEIGHTS_NAME)), "exactly one"),
+    (lambda d: (d / CONFIG_NAME).write_text("[1, 2]"), "malformed"),
+    (lambda d: (d / CONFIG_NAME).write_text("{not json"), "malformed"),
+    (lambda d: (d / CONFIG_NAME).unlink(), "missing"),
+    (lambda d: (d / WEIGHTS_NAME).unlink(), "missing"),
+    (lambda d: (d / CONFIG_NAME).write_text(json.dumps({"num_queries": -1, "hidden_size": 32, "backbone": {}})),
+     "num_queries"),
+])
+def test_damaged_adapter_is_refused(saved, tmp_path, damage, message):
+    _, path = saved
+    target = _copy(path, tmp_path)
+    damage(target)
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(target)

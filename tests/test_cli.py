@@ -1,0 +1,143 @@
+"""End to end: the `slq` command run as a user would, in a subprocess, on a tiny model and data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def slq(*args, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "slq.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, f"slq {' '.join(map(str, args))} failed:\n{proc.stderr}"
+    return proc
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_jsonl):
+    root = tmp_path_factory.mktemp("cli")
+    backbone = root / "backbone"
+    slq("tiny-model", "--family", "qwen2_vl", "--out", backbone)
+    weights_before = _sha(backbone / "model.safetensors")
+    adapter = root / "adapter"
+    slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", adapter, "--num-queries", 4,
+        "--batch-size", 4, "--epochs", 1, "--lr", 1e-3, "--seed", 0)
+    return backbone, adapter, weights_before
+
+
+def test_train_writes_an_adapter_and_leaves_the_backbone_alone(trained):
+    backbone, adapter, weights_before = trained
+    assert _sha(backbone / "model.safetensors") == weights_before
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["num_queries"] == 4 and config["hidden_size"] == 32 and config["backbone"]["family"] == "qwen2_vl"
+    assert config["training"]["steps"] == 4 and config["training"]["train_images"] == 16
+    assert "4 x 32 = 128 trainable parameters" in (adapter / "README.md").read_text()
+
+
+def test_eval_prints_and_writes_the_report(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    report_path = tmp_path / "sub" / "report.json"
+    proc = slq("eval", "--backbone", backbone, "--adapter", adapter, "--data", shapes_jsonl, "--report", report_path)
+    assert "R@1" in proc.stdout and "t2i" in proc.stdout
+    report = json.loads(report_path.read_text())
+    assert report["n_images"] == 16 and report["n_texts"] == 32
+    for direction in ("t2i", "i2t"):
+        assert set(report[direction]) == {"R@1", "R@5", "R@10"}
+        values = [report[direction][k] for k in ("R@1", "R@5", "R@10")]
+        assert all(0 <= v <= 1 for v in values) and values == sorted(values)
+    from slq import SLQRetriever
+    from slq.data import load_jsonl
+    from slq.evaluate import evaluate
+
+    assert report == evaluate(SLQRetriever.from_pretrained(backbone, adapter), load_jsonl(shapes_jsonl))
+
+
+def test_embed_texts_and_images(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\na blue square\none green circle\n")
+    slq("embed", "--backbone", backbone, "--adapter", adapter, "--texts", texts, "--out", tmp_path / "t.npy")
+    slq("embed", "--backbone", backbone, "--adapter", adapter, "--images", shapes_jsonl.parent / "images",
+        "--out", tmp_path / "i.npy")
+    t, i = np.load(tmp_path / "t.npy"), np.load(tmp_path / "i.npy")
+    assert t.shape == (3, 32) and i.shape == (16, 32) and t.dtype == np.float32
+    assert np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(i, axis=1), 1, atol=1e-5)
+    # the CLI and the library agree
+    from slq import SLQRetriever
+
+    library = SLQRetriever.from_pretrained(backbone, adapter).encode_text(["a red circle", "a blue square",
+                                                                           "one green circle"])
+    assert np.allclose(library, t, atol=1e-6)
+
+
+def _write(path: Path, records) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing_image", "bad.jsonl:2"),
+    ("empty_captions", "bad.jsonl:2"),
+    ("malformed_line", "bad.jsonl:2"),
+])
+def test_bad_training_data_fails_cleanly(trained, shapes_jsonl, tmp_path, case, expect):
+    backbone, _, _ = trained
+    good = {"image": str(shapes_jsonl.parent / "images" / "000.png"), "captions": ["a red circle"]}
+    bad = {"missing_image": {"image": "nope.png", "captions": ["x"]},
+           "empty_captions": {"image": good["image"], "captions": []},
+           "malformed_line": '{"image": "a.png", "captions": ["x"]'}[case]
+    data = _write(tmp_path / "bad.jsonl", [good, bad, good])
+    out = tmp_path / "adapter"
+    proc = slq("train", "--backbone", backbone, "--train", data, "--out", out, "--batch-size", 2, check=False)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("slq: error:") and expect in message, message
+    assert not (out / "adapter_config.json").exists(), "nothing half-written"
+
+
+def test_skip_policy_lists_the_skipped_record(trained, shapes_jsonl, tmp_path):
+    backbone, _, _ = trained
+    images = shapes_jsonl.parent / "images"
+    records = [{"image": str(images / f"{i:03d}.png"), "captions": ["a shape"]} for i in range(4)]
+    data = _write(tmp_path / "some_bad.jsonl", records[:2] + [{"image": "gone.png", "captions": ["x"]}] + records[2:])
+    out = tmp_path / "adapter"
+    proc = slq("train", "--backbone", backbone, "--train", data, "--out", out, "--batch-size", 2,
+               "--on-bad-record", "skip")
+    assert "skipped" in proc.stderr and "some_bad.jsonl:3" in proc.stderr
+    skipped = json.loads((out / "adapter_config.json").read_text())["training"]["skipped"]
+    assert len(skipped) == 1 and skipped[0]["source"].endswith("some_bad.jsonl:3")
+
+
+def test_adapter_for_another_backbone_is_refused(trained, shapes_jsonl, tmp_path):
+    _, adapter, _ = trained
+    other = tmp_path / "llava"
+    slq("tiny-model", "--family", "llava", "--out", other)
+    proc = slq("eval", "--backbone", other, "--adapter", adapter, "--data", shapes_jsonl, check=False)
+    assert proc.returncode == 2 and "another backbone" in proc.stderr and "family 'qwen2_vl' != 'llava'" in proc.stderr
+
+
+def test_usage_errors_exit_2(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    assert slq("tiny-model", "--family", "gpt2", "--out", tmp_path / "x", check=False).returncode == 2
+    proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", tmp_path / "a",
+               "--batch-size", 64, check=False)
+    assert proc.returncode == 2 and "--batch-size 64 is larger than the training set" in proc.stderr
+    proc = slq("eval", "--backbone", tmp_path / "nowhere", "--adapter", adapter, "--data", shapes_jsonl, check=False)
+    assert proc.returncode == 2 and "not a checkpoint folder" in proc.stderr
+    proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", adapter, check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # the finished run's checkpoint is not overwritten

@@ -1,0 +1,179 @@
+"""Recall@K: hand-computed cases, pessimistic ties, validation, and the chunked path."""
+
+import numpy as np
+import pytest
+import torch
+
+from slq import metrics
+from slq.metrics import format_recall_table, recall_at_k
+
+
+def test_perfect_diagonal_is_all_ones():
+    sim = np.eye(4) + 0.1  # each text scores 1.1 with its own image, 0.1 with the others
+    report = recall_at_k(sim, [0, 1, 2, 3])
+    assert report["t2i"] == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    assert report["i2t"] == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
+    assert report["n_images"] == 4 and report["n_texts"] == 4
+
+
+def test_t2i_half_right_at_1():
+    # Text 0 -> image 0 is ranked first (0.9 > 0.1): hit.
+    # Text 1 -> image 1 scores 0.2 < 0.8 for image 0: rank 1, a miss at k=1, a hit at k=2.
+    sim = np.array([[0.9, 0.1], [0.8, 0.2]])
+    report = recall_at_k(sim, [0, 1], ks=(1, 2))
+    assert report["t2i"] == {"R@1": 0.5, "R@2": 1.0}
+    # Image 0: its text 0 scores 0.9, the negative text 1 scores 0.8 -> rank 0, hit.
+    # Image 1: its text 1 scores 0.2, the negative text 0 scores 0.1 -> rank 0, hit.
+    assert report["i2t"] == {"R@1": 1.0, "R@2": 1.0}
+
+
+def test_i2t_hit_through_second_caption():
+    # Image 0 has texts 0 and 1, image 1 has texts 2 and 3 (column = image).
+    sim = np.array(
+        [
+            [0.1, 0.5],  # text 0 (of image 0) is bad
+            [0.9, 0.0],  # text 1 (of image 0) is the best text for image 0
+            [0.3, 0.4],  # text 2 (of image 1)
+            [0.8, 0.6],  # text 3 (of image 1) prefers image 0
+        ]
+    )
+    report = recall_at_k(sim, [0, 0, 1, 1], ks=(1, 2))
+    # i2t image 0: best positive 0.9 (text 1); negatives 0.3, 0.8 are lower -> rank 0, hit. The
+    # worse positive text 0 (0.1) must not count against it.
+    # i2t image 1: best positive 0.6 (text 3); negatives 0.5, 0.0 -> rank 0, hit.
+    assert report["i2t"] == {"R@1": 1.0, "R@2": 1.0}
+    # t2i: text 0 misses (0.1 < 0.5), text 1 hits, text 2 hits (0.4 > 0.3), text 3 misses at 1.
+    assert report["t2i"] == {"R@1": 0.5, "R@2": 1.0}
+
+
+def test_i2t_second_caption_alone_is_the_hit():
+    # Image 0's only retrieved text is its SECOND caption; its first is ranked below a negative.
+    sim = np.array([[0.2, 0.0], [0.9, 0.0], [0.5, 1.0]])
+    report = recall_at_k(sim, [0, 0, 1], ks=(1,))
+    # Image 0: positives score 0.2 and 0.9; negative text 2 scores 0.5 -> best positive 0.9 wins.
+    assert report["i2t"]["R@1"] == 1.0
+    # Without the second caption the first (0.2 < 0.5) would miss.
+    alone = recall_at_k(sim[[0, 2]], [0, 1], ks=(1,))
+    assert alone["i2t"]["R@1"] == 0.5
+
+
+def test_all_equal_scores_get_zero_recall():
+    # A collapsed model: every score equal. Pessimistic ties -> every query ties with every
+    # negative, rank = number of negatives (3 images - 1 = 2; 6 texts - 2 = 4).
+    sim = np.full((6, 3), 0.7)
+    report = recall_at_k(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 3, 5))
+    assert report["t2i"] == {"R@1": 0.0, "R@2": 0.0, "R@3": 1.0, "R@5": 1.0}
+    assert report["i2t"] == {"R@1": 0.0, "R@2": 0.0, "R@3": 0.0, "R@5": 1.0}
+
+
+def test_tie_between_positive_and_negative_at_top():
+    # Text 0: its image 0 ties with image 1 at 0.5 (top); image 2 lower. rank 1 -> miss@1, hit@2.
+    sim = np.array([[0.5, 0.5, 0.1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    report = recall_at_k(sim, [0, 1, 2], ks=(1, 2))
+    assert report["t2i"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+    # i2t image 0: positive text 0 at 0.5, negatives 0.0, 0.0 -> hit. Image 1: positive text 1 at
+    # 1.0, negative text 0 at 0.5 -> hit. Image 2: hit.
+    assert report["i2t"] == {"R@1": 1.0, "R@2": 1.0}
+
+
+def test_i2t_tie_with_negative_text_is_a_miss_at_1():
+    sim = np.array([[0.5, 0.0], [0.5, 0.9]])  # image 0: its text 0 ties with text 1 (of image 1)
+    report = recall_at_k(sim, [0, 1], ks=(1, 2))
+    assert report["i2t"] == {"R@1": 0.5, "R@2": 1.0}
+
+
+def test_k_larger_than_number_of_images():
+    # 2 images: the worst possible rank is 1, so any k >= 2 is a hit for every query.
+    sim = np.array([[0.0, 1.0], [1.0, 0.0]])  # both texts prefer the wrong image
+    report = recall_at_k(sim, [0, 1], ks=(1, 10, 100))
+    assert report["t2i"] == {"R@1": 0.0, "R@10": 1.0, "R@100": 1.0}
+    assert report["i2t"] == {"R@1": 0.0, "R@10": 1.0, "R@100": 1.0}
+
+
+def test_accepts_torch_bfloat16():
+    sim = torch.eye(3, dtype=torch.bfloat16)
+    assert recall_at_k(sim, torch.tensor([0, 1, 2]))["t2i"]["R@1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "sim, t2i, ks, match",
+    [
+        (np.zeros(3), [0, 1, 2], (1,), "2-D"),
+        (np.zeros((0, 2)), [], (1,), "non-empty"),
+        (np.zeros((3, 2)), [0, 1], (1,), "one entry per text"),
+        (np.zeros((2, 2)), [0, 2], (1,), r"in \[0, 2\)"),
+        (np.zeros((2, 2)), [0, -1], (1,), r"in \[0, 2\)"),
+        (np.zeros((2, 2)), [0.0, 1.0], (1,), "integers"),
+        (np.zeros((2, 2)), [0, 0], (1,), "no text"),
+        (np.zeros((2, 2)), [0, 1], (0,), "positive integers"),
+        (np.zeros((2, 2)), [0, 1], (), "positive integers"),
+        (np.array([[0.0, np.nan], [0.0, 1.0]]), [0, 1], (1,), "NaN"),
+        (np.array([["a", "b"], ["c", "d"]]), [0, 1], (1,), "real numbers"),
+    ],
+)
+def test_invalid_inputs_raise_value_error(sim, t2i, ks, match):
+    with pytest.raises(ValueError, match=match):
+        recall_at_k(sim, t2i, ks=ks)
+
+
+def _naive(sim: np.ndarray, t2i: np.ndarray, ks) -> dict:
+    """Reference: the definition written as double loops."""
+    n_texts, n_images = sim.shape
+    t_hits = {k: 0 for k in ks}
+    for t in range(n_texts):
+        rank = sum(1 for i in range(n_images) if i != t2i[t] and sim[t, i] >= sim[t, t2i[t]])
+        for k in ks:
+            t_hits[k] += rank < k
+    i_hits = {k: 0 for k in ks}
+    for i in range(n_images):
+        best = max(sim[t, i] for t in range(n_texts) if t2i[t] == i)
+        rank = sum(1 for t in range(n_texts) if t2i[t] != i and sim[t, i] >= best)
+        for k in ks:
+            i_hits[k] += rank < k
+    return {
+        "t2i": {f"R@{k}": t_hits[k] / n_texts for k in ks},
+        "i2t": {f"R@{k}": i_hits[k] / n_images for k in ks},
+        "n_images": n_images,
+        "n_texts": n_texts,
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunked_matches_naive_reference(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n_images = int(rng.integers(2, 12))
+    extra = rng.integers(0, n_images, size=int(rng.integers(0, 20)))  # images with several texts
+    t2i = np.concatenate([np.arange(n_images), extra])
+    rng.shuffle(t2i)
+    # Rounded scores so ties between positives and negatives really happen.
+    sim = np.round(rng.normal(size=(len(t2i), n_images)), 1)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7)  # force many small, uneven chunks
+    ks = (1, 2, 3, 5)
+    assert recall_at_k(sim, t2i, ks=ks) == _naive(sim, t2i, ks)
+
+
+def test_large_matrix_runs_fast_in_float32():
+    rng = np.random.default_rng(0)
+    t2i = np.repeat(np.arange(500), 5)
+    sim = rng.random((2500, 500), dtype=np.float32)
+    sim[np.arange(2500), t2i] += 1.0  # every positive is on top
+    report = recall_at_k(sim, t2i)
+    assert report["t2i"]["R@1"] == 1.0 and report["i2t"]["R@1"] == 1.0
+
+
+def test_format_recall_table():
+    report = {
+        "t2i": {"R@1": 0.5234, "R@5": 0.8, "R@10": 1.0},
+        "i2t": {"R@1": 0.0, "R@5": 0.25, "R@10": 0.99949},
+        "n_images": 4,
+        "n_texts": 20,
+    }
+    table = format_recall_table(report, title="coco test")
+    lines = table.splitlines()
+    assert lines[0] == "coco test"
+    assert lines[1].split() == ["R@1", "R@5", "R@10"]
+    assert lines[2].split() == ["t2i", "52.3", "80.0", "100.0"]
+    assert lines[3].split() == ["i2t", "0.0", "25.0", "99.9"]
+    assert lines[4] == "n_images=4 n_texts=20"
+    assert len({len(line) for line in lines[1:4]}) == 1, "columns must line up"
+    assert format_recall_table(report).splitlines()[0].split() == ["R@1", "R@5", "R@10"]

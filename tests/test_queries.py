@@ -1,0 +1,117 @@
+"""The method's invariants, for every family: the queries read the prefix but never change it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from slq.loss import ContrastiveLoss
+from slq.queries import LatentQueries, _append_placeholders, pool, query_states
+from slq.tiny import TINY_FAMILIES
+
+NUM_QUERIES = 5
+TEXTS = ["a red circle", "two large green squares above a small blue triangle"]  # different lengths: padding
+
+
+def _images():
+    return [Image.new("RGB", (60, 60), (200, 10, 10)), Image.new("RGB", (90, 40), (0, 10, 200))]
+
+
+def _batch(backbone, kind):
+    return backbone.text_batch(TEXTS) if kind == "text" else backbone.image_batch(_images())
+
+
+def _queries(backbone, seed=0):
+    return LatentQueries.from_backbone(backbone, NUM_QUERIES, torch.Generator().manual_seed(seed))
+
+
+def _full_states(backbone, batch, queries):
+    """All last-layer states of prompt + queries, the way query_states runs them."""
+    ids, mask = _append_placeholders(batch, NUM_QUERIES, backbone.tokenizer.pad_token_id)
+    embeds = torch.cat([backbone.input_embeddings(batch.input_ids),
+                        queries.weight[None].expand(len(batch), -1, -1)], dim=1)
+    out = backbone.model.model(inputs_embeds=embeds, attention_mask=mask,
+                               position_ids=backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs),
+                               **batch.model_inputs, **backbone.family.extra_inputs(backbone.config, ids))
+    return out.last_hidden_state
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_prefix_unchanged_by_queries(backbones, family, kind):
+    """Each prompt alone, run the model's own default way, equals the prefix of prompt+queries."""
+    backbone = backbones[family]
+    batch = _batch(backbone, kind)
+    queries = _queries(backbone)
+    with torch.no_grad():
+        full = _full_states(backbone, batch, queries)
+        for row in range(len(batch)):
+            real = batch.attention_mask[row].bool()
+            ids = batch.input_ids[row][real][None]
+            inputs = backbone.image_batch([_images()[row]]).model_inputs if kind == "image" else {}
+            reference = backbone.model.model(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs,
+                                             **backbone.family.extra_inputs(backbone.config, ids)).last_hidden_state[0]
+            prefix = full[row, : batch.input_ids.shape[1]][real]
+            assert (prefix - reference).abs().max().item() <= 1e-5, f"{family} {kind} row {row}: prefix changed"
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_query_positions_continue_after_prefix(backbones, family):
+    backbone = backbones[family]
+    batch = _batch(backbone, "image")
+    ids, mask = _append_placeholders(batch, NUM_QUERIES, backbone.tokenizer.pad_token_id)
+    positions = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)
+    positions = positions if positions.dim() == 3 else positions[None]  # (R, B, L), R = 3 for M-RoPE
+    prefix_len = batch.input_ids.shape[1]
+    for row in range(len(batch)):
+        real = batch.attention_mask[row].bool()
+        last = positions[:, row, :prefix_len][:, real].max()
+        queries = positions[:, row, prefix_len:]  # (R, Nq)
+        expected = torch.arange(1, NUM_QUERIES + 1) + last
+        assert torch.equal(queries, expected.expand_as(queries)), f"{family}: query positions {queries.tolist()}"
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_only_queries_and_temperature_get_gradients(backbones, family):
+    backbone = backbones[family]
+    queries, loss_fn = _queries(backbone), ContrastiveLoss()
+    text = pool(query_states(backbone, _batch(backbone, "text"), queries.weight))
+    image = pool(query_states(backbone, _batch(backbone, "image"), queries.weight))
+    loss_fn(text, image).backward()
+    assert queries.weight.grad is not None and queries.weight.grad.abs().sum() > 0
+    assert loss_fn.log_temperature.grad is not None and loss_fn.log_temperature.grad != 0
+    with_grad = [n for n, p in backbone.model.named_parameters() if p.requires_grad or p.grad is not None]
+    assert with_grad == [], f"backbone parameters took gradients: {with_grad[:5]}"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
+def test_embedding_does_not_depend_on_batch_company(backbones, family):
+    """Left padding and position ids make a text's embedding the same alone or in a batch."""
+    backbone = backbones[family]
+    queries = _queries(backbone)
+    with torch.no_grad():
+        together = pool(query_states(backbone, backbone.text_batch(TEXTS), queries.weight))
+        alone = pool(query_states(backbone, backbone.text_batch(TEXTS[:1]), queries.weight))
+    assert torch.allclose(together[0], alone[0], atol=1e-5)
+
+
+def test_pool_is_normalised_mean():
+    states = torch.tensor([[[3.0, 0.0], [1.0, 0.0]], [[0.0, 2.0], [0.0, 4.0]]])  # (B=2, Nq=2, d=2)
+    assert torch.allclose(pool(states), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "idefics3"])
+def test_query_states_are_the_query_positions(backbones, family):
+    """Perturbing query j changes state j and no state before it (causal, and sliced at the queries)."""
+    backbone = backbones[family]
+    batch = _batch(backbone, "image")
+    queries = _queries(backbone)
+    with torch.no_grad():
+        base = query_states(backbone, batch, queries.weight)
+        for j in range(NUM_QUERIES):
+            moved = queries.weight.clone()
+            moved[j] += 1.0
+            states = query_states(backbone, batch, moved)
+            assert torch.allclose(states[:, :j], base[:, :j], atol=1e-6), f"query {j} leaked backwards"
+            assert (states[:, j] - base[:, j]).abs().max() > 1e-3, f"state {j} does not depend on query {j}"
