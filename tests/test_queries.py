@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from slq.loss import ContrastiveLoss
-from slq.queries import LatentQueries, _append_placeholders, pool, query_states
+from slq.queries import ENGINES, LatentQueries, _append_placeholders, pool, query_states
 from slq.tiny import TINY_FAMILIES
 
 NUM_QUERIES = 5
@@ -115,3 +115,22 @@ def test_query_states_are_the_query_positions(backbones, family):
             states = query_states(backbone, batch, moved)
             assert torch.allclose(states[:, :j], base[:, :j], atol=1e-6), f"query {j} leaked backwards"
             assert (states[:, j] - base[:, j]).abs().max() > 1e-3, f"state {j} does not depend on query {j}"
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_cached_engine_equals_naive(backbones, family):
+    """Loss and gradients of queries and temperature agree between the two training engines."""
+    backbone = backbones[family]
+    results = {}
+    for engine in ENGINES:
+        queries, loss_fn = _queries(backbone), ContrastiveLoss()
+        text = pool(query_states(backbone, _batch(backbone, "text"), queries.weight, engine=engine))
+        image = pool(query_states(backbone, _batch(backbone, "image"), queries.weight, engine=engine))
+        loss = loss_fn(text, image)
+        loss.backward()
+        results[engine] = (loss.detach(), queries.weight.grad, loss_fn.log_temperature.grad)
+    (loss_n, grad_n, temp_n), (loss_c, grad_c, temp_c) = results["naive"], results["cached"]
+    assert torch.allclose(loss_n, loss_c, atol=1e-6)
+    relative = ((grad_n - grad_c).norm() / grad_n.norm()).item()  # float32 rounding gives ~1e-6
+    assert relative <= 1e-5, f"query gradients differ: relative error {relative:.2e}"
+    assert torch.allclose(temp_n, temp_c, rtol=1e-4, atol=1e-6)

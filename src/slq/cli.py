@@ -76,7 +76,8 @@ def cmd_train(args) -> None:
 
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                         temperature=args.temperature, seed=args.seed, save_every=args.save_every)
+                         temperature=args.temperature, seed=args.seed, save_every=args.save_every,
+                         engine=args.engine)
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
         raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
                        "--overwrite to start afresh")
@@ -162,6 +163,7 @@ def cmd_tiny_model(args) -> None:
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .queries import ENGINES
     from .tiny import TINY_FAMILIES
     from .train import TrainConfig
 
@@ -188,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults["seed"], help="seed for data order and query init (default: 0)")
     p.add_argument("--save-every", type=int, default=0,
                    help="write a resumable checkpoint into OUT/checkpoint every N steps (default: 0, only at the end)")
+    p.add_argument("--engine", choices=ENGINES, default=defaults["engine"],
+                   help="cached (default): the prompt runs once without grad and the backward pass covers only the "
+                        "queries; naive: one pass with grad over the whole sequence (for checking)")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     resume.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")

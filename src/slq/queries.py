@@ -52,25 +52,43 @@ def _append_placeholders(batch: PrefixBatch, num_queries: int, pad_id: int):
     return ids, mask
 
 
-def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor) -> torch.Tensor:
-    """Last-layer hidden states at the query positions, shape (B, N_q, d), through the full sequence.
+ENGINES = ("cached", "naive")
+
+
+def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, *, engine: str = "cached",
+                 ) -> torch.Tensor:
+    """Last-layer hidden states at the query positions, shape (B, N_q, d).
 
     `queries` is `(N_q, d)`; gradients flow to it and nowhere else (the backbone is frozen).
+    Engines differ only when gradients are on:
+      * "naive": one pass over prompt + queries, so the backward pass walks the whole sequence;
+      * "cached": nothing before the queries depends on them, so the prompt runs once without grad
+        and leaves its keys/values; the queries then run alone on that cache, and the backward
+        pass covers only the N_q query positions.
+    Without gradients (encoding) both take the single full pass, the cheapest there is.
     """
-    num_queries = queries.shape[0]
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    num_queries, prefix_len = queries.shape[0], batch.input_ids.shape[1]
     ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
-    position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)
+    position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
+    extra = backbone.family.extra_inputs(backbone.config, ids)
     with torch.no_grad():
         prefix_embeds = backbone.input_embeddings(batch.input_ids)  # (B, L, d)
     q = queries.to(prefix_embeds.dtype).unsqueeze(0).expand(len(batch), -1, -1)  # (B, Nq, d)
-    out = backbone.model.model(
-        inputs_embeds=torch.cat([prefix_embeds, q], dim=1),
-        attention_mask=mask,
-        position_ids=position_ids,
-        **batch.model_inputs,
-        **backbone.family.extra_inputs(backbone.config, ids),
-    )
-    return out.last_hidden_state[:, -num_queries:]
+    if engine == "naive" or not (torch.is_grad_enabled() and queries.requires_grad):
+        out = backbone.model.model(inputs_embeds=torch.cat([prefix_embeds, q], dim=1), attention_mask=mask,
+                                   position_ids=position_ids, **batch.model_inputs, **extra)
+        return out.last_hidden_state[:, -num_queries:]
+    with torch.no_grad():
+        prefix = backbone.model.model(
+            inputs_embeds=prefix_embeds, attention_mask=batch.attention_mask,
+            position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs,
+            **{k: v[:, :prefix_len] for k, v in extra.items()},
+        )
+    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=position_ids[..., prefix_len:],
+                               past_key_values=prefix.past_key_values, use_cache=True)
+    return out.last_hidden_state  # (B, Nq, d)
 
 
 def pool(states: torch.Tensor) -> torch.Tensor:

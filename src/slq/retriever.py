@@ -67,9 +67,9 @@ class SLQRetriever:
     def trainable_parameters(self) -> int:
         return self.queries.weight.numel()
 
-    def embed(self, batch: PrefixBatch) -> torch.Tensor:
+    def embed(self, batch: PrefixBatch, engine: str = "cached") -> torch.Tensor:
         """(B, d) L2-normalised embeddings of a prepared batch; differentiable w.r.t. the queries."""
-        return pool(query_states(self.backbone, batch, self.queries.weight))
+        return pool(query_states(self.backbone, batch, self.queries.weight, engine=engine))
 
     # --- encoding -----------------------------------------------------------------------------
 

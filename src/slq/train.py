@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .data import ImageTextDataset, load_image
 from .errors import SLQError
 from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
+from .queries import ENGINES
 from .retriever import SLQRetriever
 
 CHECKPOINT_DIR = "checkpoint"
@@ -46,6 +47,7 @@ class TrainConfig:
     temperature: float = 0.07  # initial InfoNCE temperature (learned)
     seed: int = 0  # data order, caption choice and query initialisation
     save_every: int = 0  # write a resumable checkpoint every N steps (0 = only at the end)
+    engine: str = "cached"  # "cached": prompt without grad, backward over the queries only; "naive": full sequence
 
     def __post_init__(self):
         def need(ok: bool, name: str, rule: str):
@@ -63,6 +65,7 @@ class TrainConfig:
         need(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
              f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
+        need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
 
 
 @dataclass
@@ -175,8 +178,8 @@ def train(retriever: SLQRetriever, dataset: ImageTextDataset, config: TrainConfi
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
         images = [load_image(r.image, r.source) for r in records]
-        text_emb = retriever.embed(backbone.text_batch(texts))  # (B, d)
-        image_emb = retriever.embed(backbone.image_batch(images))  # (B, d)
+        text_emb = retriever.embed(backbone.text_batch(texts), config.engine)  # (B, d)
+        image_emb = retriever.embed(backbone.image_batch(images), config.engine)  # (B, d)
         loss = loss_fn(text_emb, image_emb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
