@@ -166,15 +166,16 @@ class Backbone:
         enc = self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def text_batch(self, texts: Sequence[str]) -> PrefixBatch:
-        """Captions as user turns, each truncated to `max_text_tokens` tokens."""
-        prompts = [self._prompt([{"type": "text", "text": self._truncate(t)}]) for t in texts]
+    def text_batch(self, texts: Sequence[str], instruction: str = "") -> PrefixBatch:
+        """Captions as user turns, each truncated to `max_text_tokens` tokens, then `instruction`."""
+        prompts = [self._prompt([{"type": "text", "text": self._truncate(t) + instruction}]) for t in texts]
         return PrefixBatch(*self._tokenize(prompts))
 
-    def image_batch(self, images: Sequence[Image.Image]) -> PrefixBatch:
+    def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
         """Images as user turns whose placeholder is expanded to the vision tower's token count."""
         inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images)
-        template = self._prompt([{"type": "image"}])
+        content = [{"type": "image"}] + ([{"type": "text", "text": instruction}] if instruction else [])
+        template = self._prompt(content)
         token = self.family.image_token(self.config, self.tokenizer)
         if template.count(token) != 1:
             raise SLQError(f"{self.path}: the chat template renders an image as {template.count(token)} "

@@ -1,6 +1,6 @@
 """Training the latent queries: symmetric InfoNCE, AdamW, warmup then linear decay.
 
-Only the queries and the temperature train. Every batch is a pure function of (seed, step): the
+For SLQ only the queries and the temperature train (baselines bring their own trainable tensors). Every batch is a pure function of (seed, step): the
 epoch's image order comes from a generator seeded by (seed, epoch) and each image's caption from
 one seeded by (seed, step). So a run is deterministic on CPU, and a run resumed from a checkpoint
 continues with exactly the batches it would have seen.
@@ -25,11 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import ImageTextDataset, load_image
+from .data import ImageTextDataset
+from .encoder import Encoder
 from .errors import SLQError
 from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
 from .queries import ENGINES
-from .retriever import SLQRetriever
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -107,10 +107,11 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _save_checkpoint(folder: Path, step: int, retriever: SLQRetriever, loss_fn: ContrastiveLoss,
+def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: ContrastiveLoss,
                      optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
     """Everything needed to continue bit for bit, written to a temp folder and renamed into place."""
-    tensors = {"queries": retriever.queries.weight.detach().cpu(), "log_temperature": loss_fn.log_temperature.detach()}
+    tensors = {f"param.{name}": p.detach().cpu() for name, p in encoder.trainable_tensors().items()}
+    tensors["log_temperature"] = loss_fn.log_temperature.detach()
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for name, value in state.items():
@@ -128,13 +129,14 @@ def _save_checkpoint(folder: Path, step: int, retriever: SLQRetriever, loss_fn: 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, retriever: SLQRetriever, loss_fn: ContrastiveLoss,
+def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
                      optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
     try:
         tensors = load_file(str(folder / "state.safetensors"))
         meta = json.loads((folder / "state.json").read_text())
         with torch.no_grad():
-            retriever.queries.weight.copy_(tensors.pop("queries"))
+            for name, param in encoder.trainable_tensors().items():
+                param.copy_(tensors.pop(f"param.{name}"))
             loss_fn.log_temperature.copy_(tensors.pop("log_temperature"))
         state: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -147,56 +149,67 @@ def _load_checkpoint(folder: Path, retriever: SLQRetriever, loss_fn: Contrastive
     return int(meta["step"])
 
 
-def train(retriever: SLQRetriever, dataset: ImageTextDataset, config: TrainConfig, *,
-          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train `retriever`'s queries in place on `dataset`; returns the per-step history."""
-    if retriever.queries.num_queries != config.num_queries:
-        raise SLQError(f"retriever has {retriever.queries.num_queries} queries but the config asks for "
-                       f"{config.num_queries}")
-    plan = BatchPlan(dataset, config)
-    warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
-    loss_fn = ContrastiveLoss(config.temperature)
-    optimizer = torch.optim.AdamW(
-        [{"params": [retriever.queries.weight], "weight_decay": config.weight_decay},
+def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over what the encoder trains (with weight decay) and the temperature (without)."""
+    return torch.optim.AdamW(
+        [{"params": list(encoder.trainable_tensors().values()), "weight_decay": config.weight_decay},
          {"params": [loss_fn.log_temperature], "weight_decay": 0.0}],
         lr=config.lr,
     )
+
+
+def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
+               images: list, engine: str = "cached") -> float:
+    """One optimisation step on B aligned (text, image) pairs; returns the loss."""
+    text_emb = encoder.embed(encoder.text_batch(texts), engine)  # (B, d)
+    image_emb = encoder.embed(encoder.image_batch(images), engine)  # (B, d)
+    loss = loss_fn(text_emb, image_emb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
+          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `encoder`'s trainable tensors in place on `dataset`; returns the per-step history.
+
+    The encoder is an `SLQRetriever` (the queries train) or a baseline (LoRA, full fine-tuning).
+    """
+    plan = BatchPlan(dataset, config)
+    warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
+    loss_fn = ContrastiveLoss(config.temperature)
+    optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
     start = 0
     if resume:
         if checkpoint is None or not (checkpoint / "state.json").is_file():
             raise SLQError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
-        start = _load_checkpoint(checkpoint, retriever, loss_fn, optimizer, result)
-    backbone = retriever.backbone
-    bar = tqdm(total=plan.total_steps, initial=start, desc="training queries", unit="step",
+        start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result)
+    bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=None if progress is None else not progress)
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
-        images = [load_image(r.image, r.source) for r in records]
-        text_emb = retriever.embed(backbone.text_batch(texts), config.engine)  # (B, d)
-        image_emb = retriever.embed(backbone.image_batch(images), config.engine)  # (B, d)
-        loss = loss_fn(text_emb, image_emb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine)
         result.train_seconds += time.perf_counter() - began
-        entry = {"step": step + 1, "loss": loss.item(), "temperature": loss_fn.temperature.item(),
+        entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}
         result.history.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", t=f"{entry['temperature']:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", t=f"{entry['temperature']:.3f}")
         bar.update(1)
         if on_step is not None:
             on_step(entry)
         last = step + 1 == plan.total_steps
         if checkpoint is not None and (last or (config.save_every and (step + 1) % config.save_every == 0)):
-            _save_checkpoint(checkpoint, step + 1, retriever, loss_fn, optimizer, result)
+            _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result)
     bar.close()
-    retriever.temperature = loss_fn.temperature.item()
+    if hasattr(encoder, "temperature"):
+        encoder.temperature = loss_fn.temperature.item()
     return result
 
 

@@ -1,0 +1,115 @@
+"""What every embedding method shares: prompts, length-sorted batching, progress, numpy output.
+
+SLQ and the baselines (last-token and mean pooling, LoRA, full fine-tuning) differ only in how a
+prepared batch becomes vectors (`embed`) and in which tensors train (`trainable_tensors`). The
+rest, modelled on sentence-transformers' `encode`, lives here once: one string in gives one vector
+out, inputs are sorted by length so batches carry little padding and are put back in order, and a
+progress bar shows on long work. Embeddings are L2-normalised, so a dot product is the cosine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbone import Backbone, PrefixBatch
+from .data import ImageRecord, load_image
+
+ImageInput = str | os.PathLike | Image.Image | ImageRecord  # records name their source in errors
+
+
+class Encoder:
+    """Base class: a frozen backbone plus a way to pool its states into one vector per input."""
+
+    text_instruction: str = ""  # appended to each caption inside the user turn
+    image_instruction: str = ""  # text after the image inside the user turn
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    def embed(self, batch: PrefixBatch, engine: str = "cached") -> torch.Tensor:
+        """(B, d) L2-normalised embeddings of a prepared batch, differentiable w.r.t. what trains."""
+        raise NotImplementedError
+
+    def trainable_tensors(self) -> dict[str, nn.Parameter]:
+        """The tensors an optimiser updates, by a stable name (used in checkpoints)."""
+        raise NotImplementedError
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable_tensors().values())
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.hidden_size
+
+    def text_batch(self, texts: Sequence[str]) -> PrefixBatch:
+        return self.backbone.text_batch(texts, instruction=self.text_instruction)
+
+    def image_batch(self, images: Sequence[ImageInput]) -> PrefixBatch:
+        opened = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        return self.backbone.image_batch(opened, instruction=self.image_instruction)
+
+    # --- encoding -----------------------------------------------------------------------------
+
+    def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None,
+                    convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+        """Embed captions; one string gives one vector, a list gives an (n, d) matrix."""
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        out = self._encode(items, [len(t) for t in items], self.text_batch, batch_size, show_progress_bar,
+                           "encoding texts")
+        return _finish(out, single, convert_to_numpy)
+
+    def encode_image(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32,
+                     show_progress_bar: bool | None = None, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+        """Embed images given as paths, dataset records or PIL images; one image gives one vector."""
+        single = isinstance(images, (str, os.PathLike, Image.Image, ImageRecord))
+        items = [images] if single else list(images)
+        out = self._encode(items, [_pixel_count(im) for im in items], self.image_batch, batch_size,
+                           show_progress_bar, "encoding images")
+        return _finish(out, single, convert_to_numpy)
+
+    @torch.no_grad()
+    def _encode(self, items: list, lengths: list[int], prepare: Callable[[list], PrefixBatch], batch_size: int,
+                show_progress_bar: bool | None, desc: str) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = np.argsort(lengths, kind="stable")[::-1]  # longest first: the worst batch shows up early
+        result = torch.empty(len(items), self.dim)
+        bar = tqdm(total=len(items), desc=desc, disable=_hide(show_progress_bar, len(items)), unit="item")
+        for start in range(0, len(items), batch_size):
+            idx = order[start:start + batch_size]
+            result[torch.as_tensor(idx.copy())] = self.embed(prepare([items[i] for i in idx])).float().cpu()
+            bar.update(len(idx))
+        bar.close()
+        return result
+
+
+def _finish(out: torch.Tensor, single: bool, convert_to_numpy: bool):
+    out = out[0] if single else out
+    return out.numpy() if convert_to_numpy else out
+
+
+def _pixel_count(image: ImageInput) -> int:
+    """Image area, read from the header only, as a proxy for its token count (for batching)."""
+    if isinstance(image, Image.Image):
+        return image.width * image.height
+    try:
+        with Image.open(image.image if isinstance(image, ImageRecord) else image) as im:
+            return im.width * im.height
+    except (OSError, ValueError):
+        return 0  # load_image reports the problem with context when the batch is built
+
+
+def _hide(show_progress_bar: bool | None, n: int) -> bool | None:
+    """tqdm's `disable`: None hides the bar when not on a terminal; short jobs show none by default."""
+    if show_progress_bar is None:
+        return None if n > 256 else True
+    return not show_progress_bar
