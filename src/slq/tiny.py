@@ -60,7 +60,7 @@ class TinyRecipe:
     pad_token: str
     eos_token: str
     chat_template: str
-    make_config: Callable[[dict[str, int], int], object]  # (token ids, vocab size) -> config
+    make_config: Callable[[dict[str, int], int], tuple[type, dict]]  # (token ids, vocab) -> (class, kwargs)
     make_image_processor: Callable[[], object]
 
 
@@ -83,7 +83,7 @@ def _qwen2_vl_config(ids: dict[str, int], vocab: int):
     from transformers import Qwen2VLConfig
 
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
-    return Qwen2VLConfig(
+    return Qwen2VLConfig, dict(
         text_config=_qwen_text(vocab, ids, rope_parameters=rope),
         vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14,
                            temporal_patch_size=2, spatial_merge_size=2, in_channels=3),
@@ -95,7 +95,7 @@ def _qwen2_5_vl_config(ids: dict[str, int], vocab: int):
     from transformers import Qwen2_5_VLConfig
 
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
-    return Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig, dict(
         text_config=_qwen_text(vocab, ids, rope_parameters=rope),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
                            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56,
@@ -108,7 +108,7 @@ def _qwen3_vl_config(ids: dict[str, int], vocab: int):
     from transformers import Qwen3VLConfig
 
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
-    return Qwen3VLConfig(
+    return Qwen3VLConfig, dict(
         text_config=_qwen_text(vocab, ids, head_dim=8, rope_parameters=rope),
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
                            patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16,
@@ -133,7 +133,7 @@ def _qwen_image_processor(patch: int):
 def _internvl_config(ids: dict[str, int], vocab: int):
     from transformers import InternVLConfig
 
-    return InternVLConfig(
+    return InternVLConfig, dict(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=[32, 32], patch_size=[4, 4], use_mask_token=False),
         text_config=dict(model_type="qwen2", vocab_size=vocab, hidden_size=32, intermediate_size=64,
@@ -153,7 +153,7 @@ def _internvl_image_processor():
 def _idefics3_config(ids: dict[str, int], vocab: int):
     from transformers import Idefics3Config
 
-    return Idefics3Config(
+    return Idefics3Config, dict(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=16, patch_size=4),
         text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=32, intermediate_size=64,
@@ -175,7 +175,7 @@ def _idefics3_image_processor():
 def _llava_config(ids: dict[str, int], vocab: int):
     from transformers import LlavaConfig
 
-    return LlavaConfig(
+    return LlavaConfig, dict(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
                            projection_dim=32),
@@ -231,8 +231,21 @@ def _train_tokenizer(recipe: TinyRecipe, vocab_size: int):
                                    chat_template=recipe.chat_template, padding_side="left")
 
 
-def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512) -> Path:
-    """Write a tiny random checkpoint folder of `family` to `out_dir` (atomically) and return its path."""
+def _deep_merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
+
+
+def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
+                     config_overrides: dict | None = None, image_processor_overrides: dict | None = None) -> Path:
+    """Write a small random checkpoint folder of `family` to `out_dir` (atomically) and return its path.
+
+    The overrides are deep-merged into the config and the image processor's settings, so the same
+    recipe gives benchmark-sized models (e.g. `{"text_config": {"hidden_size": 512}}`).
+    """
     if family not in RECIPES:
         raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
     from transformers import AutoModelForImageTextToText
@@ -241,7 +254,11 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     out = Path(out_dir)
     tokenizer = _train_tokenizer(recipe, vocab_size)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
-    config = recipe.make_config(ids, len(tokenizer))
+    config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
+    config = config_class(**_deep_merge(config_kwargs, config_overrides or {}))
+    image_processor = recipe.make_image_processor()
+    if image_processor_overrides:
+        image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +266,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        recipe.make_image_processor().save_pretrained(staging)
+        image_processor.save_pretrained(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

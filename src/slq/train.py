@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .backbone import PrefixBatch
 from .data import ImageTextDataset
 from .encoder import Encoder
 from .errors import SLQError
@@ -158,11 +159,11 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
     )
 
 
-def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
-               images: list, engine: str = "cached") -> float:
-    """One optimisation step on B aligned (text, image) pairs; returns the loss."""
-    text_emb = encoder.embed(encoder.text_batch(texts), engine)  # (B, d)
-    image_emb = encoder.embed(encoder.image_batch(images), engine)  # (B, d)
+def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer,
+               text_batch: PrefixBatch, image_batch: PrefixBatch, engine: str = "cached") -> float:
+    """One optimisation step on B aligned (text, image) pairs, row i of each batch; returns the loss."""
+    text_emb = encoder.embed(text_batch, engine)  # (B, d)
+    image_emb = encoder.embed(image_batch, engine)  # (B, d)
     loss = loss_fn(text_emb, image_emb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -195,7 +196,8 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
-        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine)
+        loss = train_step(encoder, loss_fn, optimizer, encoder.text_batch(texts), encoder.image_batch(records),
+                          config.engine)
         result.train_seconds += time.perf_counter() - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,135 @@
+"""Shared by the benchmarks: the default random model, inputs, memory sampling, one process per method.
+
+Timings on shared CPUs are noisy, so every benchmark measures all its methods in one run, on the
+same model and inputs, and reports ratios; each method runs in its own process so that peak memory
+is its own. On CPU "memory" is the peak resident set above the process's level just before the
+timed steps (weights and libraries excluded, optimizer state and activations included), sampled
+every millisecond; on CUDA it is torch's peak allocated bytes above the same level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+# A Qwen2-VL of the size the issue names: LM hidden 512, 8 layers; 448 px images give 256 image tokens.
+DEFAULT_OVERRIDES = {
+    "text_config": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+                    "num_attention_heads": 8, "num_key_value_heads": 2, "rope_parameters": {"mrope_section": [16, 8, 8]}},
+    "vision_config": {"hidden_size": 512, "embed_dim": 64, "num_heads": 4},
+}
+DEFAULT_IMAGE_SIDE = 448
+CAPTION = "a small red triangle above a large blue circle next to two green squares on a white table"
+
+
+def build_backbone_dir(args) -> Path:
+    """The checkpoint folder to benchmark: --backbone as given, else a random model built from a config."""
+    if args.backbone:
+        return Path(args.backbone)
+    from slq.tiny import build_tiny_model
+
+    overrides = json.loads(Path(args.config).read_text()) if args.config else DEFAULT_OVERRIDES
+    side = args.image_side
+    folder = Path(tempfile.mkdtemp(prefix="slq-bench-")) / "model"
+    return build_tiny_model("qwen2_vl", folder, vocab_size=2048, config_overrides=overrides,
+                            image_processor_overrides={"size": {"shortest_edge": side * side,
+                                                                "longest_edge": side * side}})
+
+
+def add_model_options(parser) -> None:
+    parser.add_argument("--backbone", default=None, help="benchmark this checkpoint folder instead of a random model")
+    parser.add_argument("--config", default=None,
+                        help="JSON of config overrides for the random qwen2_vl model (e.g. real 2B dims)")
+    parser.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE, help="image side in px (default 448)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
+def images(n: int, side: int) -> list[Image.Image]:
+    """Distinct, non-constant images (constant inputs can run faster than real data)."""
+    generator = torch.Generator().manual_seed(0)
+    return [Image.fromarray((torch.rand(side, side, 3, generator=generator) * 255).byte().numpy()) for _ in range(n)]
+
+
+def texts(n: int) -> list[str]:
+    return [f"{CAPTION} number {i}" for i in range(n)]
+
+
+class PeakMemory:
+    """Peak memory above the level at `start()`, in MB (see the module docstring)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peak = self.base = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        self.base = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def stop(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        self._stop.set()
+        self._thread.join()
+        return (self.peak - self.base) / 2**20
+
+
+def timed(fn, steps: int, warmup: int, device: str) -> list[float]:
+    """Seconds per call of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run_workers(script: str, methods: list[str], argv: list[str]) -> dict[str, dict]:
+    """Run `script --worker METHOD argv…` once per method; each prints one JSON line last."""
+    results = {}
+    for method in methods:
+        print(f"... {method}", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, script, "--worker", method, *argv], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"worker {method} failed:\n{proc.stderr[-4000:]}")
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
