@@ -153,6 +153,41 @@ def cmd_embed(args) -> None:
     print(f"slq: {embeddings.shape[0]} embeddings of width {embeddings.shape[1]} written to {args.out}")
 
 
+def cmd_compare(args) -> None:
+    from .compare import compare, format_comparison, plot_comparison
+    from .data import atomic_write
+    from .train import TrainConfig
+
+    config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed)
+    train_data, test_data = _load_data(args, args.train), _load_data(args, args.test)
+    import torch
+
+    report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
+                     baseline_lr=args.baseline_lr, dtype=getattr(torch, args.dtype), device=args.device,
+                     trust_remote_code=args.trust_remote_code)
+    print(format_comparison(report))
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.report, json.dumps(report, indent=2) + "\n")
+        plot = plot_comparison(report, args.report.with_suffix(".png"))
+        print(f"slq: report written to {args.report}, plot to {plot}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, backbone_dir=args.backbone, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs)
+
+
+def cmd_data_shapes(args) -> None:
+    from .shapes import write_world
+
+    paths = write_world(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
+                        image_size=args.image_size)
+    print("slq: shapes world written: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
+
+
 def cmd_tiny_model(args) -> None:
     from .tiny import build_tiny_model
 
@@ -163,6 +198,7 @@ def cmd_tiny_model(args) -> None:
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import METHODS
     from .queries import ENGINES
     from .tiny import TINY_FAMILIES
     from .train import TrainConfig
@@ -216,6 +252,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
     _batch_option(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("compare", help="train and evaluate SLQ and baselines on the same data: one trade-off table")
+    _backbone_options(p)
+    _data_options(p, "--train", "training data")
+    p.add_argument("--test", required=True, type=Path, help="evaluation data (same formats as --train)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
+    p.add_argument("--num-queries", type=int, default=defaults["num_queries"])
+    p.add_argument("--epochs", type=int, default=defaults["epochs"])
+    _batch_option(p, defaults["batch_size"])
+    p.add_argument("--lr", type=float, default=defaults["lr"], help="SLQ learning rate")
+    p.add_argument("--baseline-lr", type=float, default=None, help="LoRA / full fine-tuning learning rate "
+                                                                   "(default: --lr / 10)")
+    p.add_argument("--seed", type=int, default=defaults["seed"])
+    p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the whole method on a generated shapes world, offline (what `make demo` runs)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--backbone", type=Path, default=None, help="checkpoint folder (default: a tiny random qwen2_vl)")
+    p.add_argument("--n-train", type=int, default=512, help="training images (default: 512)")
+    p.add_argument("--n-test", type=int, default=200, help="test images (default: 200)")
+    p.add_argument("--epochs", type=int, default=3, help="SLQ epochs (default: 3)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="generate datasets")
+    data_sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    p = data_sub.add_parser("shapes", help="the synthetic shapes world: train/val/test JSONL, images, knowledge corpus")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-val", type=int, default=200)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_shapes)
 
     p = sub.add_parser("tiny-model", help="write a tiny random checkpoint folder of a family (for tests and smoke runs)")
     p.add_argument("--family", required=True, choices=TINY_FAMILIES)

@@ -1,0 +1,143 @@
+"""The trade-off table from one call: each method trained and evaluated on the same data.
+
+Methods (names are the report's keys):
+    zero_shot_last_token  last state under the one-word-summary prompt (E5-V), no training
+    zero_shot_mean        mean of the prompt's last-layer states, no training
+    slq                   Shared Latent Queries on the frozen backbone
+    slq_random_init       the same SLQ training on a randomly initialised twin (control: is it the
+                          pretraining that SLQ elicits?)
+    lora                  LoRA r=16 on the language model, last-token pooling
+    full_ft               full fine-tuning of the language model, last-token pooling
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .backbone import Backbone
+from .baselines import PooledEncoder, add_lora, unfreeze_language_model
+from .data import ImageTextDataset
+from .encoder import Encoder
+from .errors import SLQError
+from .evaluate import evaluate
+from .retriever import SLQRetriever
+from .train import TrainConfig, train
+
+METHODS = ("zero_shot_last_token", "zero_shot_mean", "slq", "slq_random_init", "lora", "full_ft")
+TRAINED = {"slq", "slq_random_init", "lora", "full_ft"}
+
+
+def random_twin(backbone_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int) -> Path:
+    """A checkpoint folder with the same architecture, tokenizer and processor but random weights.
+
+    `seed` is required: a random backbone built with the same seed would come back identical.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    source, out = Path(backbone_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(source)).save_pretrained(out)
+    for item in source.iterdir():  # tokenizer, chat template, processor configs: everything but weights/config
+        if item.is_file() and not item.name.startswith(("model", "config.json", "generation_config")) \
+                and item.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken"):
+            (out / item.name).write_bytes(item.read_bytes())
+    return out
+
+
+def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Path | None, **load) -> Encoder:
+    if method in ("slq", "slq_random_init"):
+        source = twin_dir if method == "slq_random_init" else backbone_dir
+        return SLQRetriever.from_pretrained(source, num_queries=config.num_queries, seed=config.seed, **load)
+    backbone = Backbone.load(backbone_dir, **load)
+    if method == "zero_shot_mean":
+        return PooledEncoder(backbone, "mean", one_word_prompt=False)
+    encoder = PooledEncoder(backbone, "last", one_word_prompt=method == "zero_shot_last_token")
+    if method == "lora":
+        return add_lora(encoder)
+    if method == "full_ft":
+        return unfreeze_language_model(encoder)
+    return encoder
+
+
+def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_data: ImageTextDataset,
+            config: TrainConfig, *, methods: Sequence[str] = METHODS, baseline_lr: float | None = None,
+            batch_size: int = 32, progress: bool | None = None, **load) -> dict:
+    """Train (where the method trains) and evaluate every method; returns the report.
+
+    `baseline_lr` sets LoRA's and full fine-tuning's learning rate (queries and LoRA weights live
+    at different scales); by default they use `config.lr / 10`.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SLQError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    backbone_dir = Path(backbone_dir)
+    report: dict = {"methods": {}, "chance_R@1": 1 / len(test_data), "test": test_data.name, "train": train_data.name,
+                    "train_config": vars(config).copy()}
+    with tempfile.TemporaryDirectory(prefix="slq-twin-") as tmp:
+        twin = random_twin(backbone_dir, Path(tmp) / "twin", seed=config.seed + 1) \
+            if "slq_random_init" in methods else None
+        for method in methods:
+            encoder = _encoder(method, backbone_dir, config, twin, **load)
+            seconds = 0.0
+            if method in TRAINED:
+                method_config = config if method.startswith("slq") else \
+                    replace(config, lr=baseline_lr or config.lr / 10)
+                began = time.perf_counter()
+                train(encoder, train_data, method_config, progress=progress)
+                seconds = time.perf_counter() - began
+            result = evaluate(encoder, test_data, batch_size=batch_size, show_progress_bar=progress)
+            report["methods"][method] = {
+                "t2i": result["t2i"], "i2t": result["i2t"],
+                "trainable_params": encoder.trainable_parameters if method in TRAINED else 0,
+                "train_seconds": round(seconds, 2),
+            }
+            del encoder
+    return report
+
+
+def format_comparison(report: dict) -> str:
+    """A fixed-width table: one row per method, R@1/5/10 both directions, parameters, time."""
+    header = f"{'method':<22}{'t2i R@1':>8}{'R@5':>7}{'R@10':>7}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}" \
+             f"{'trainable':>12}{'train s':>9}"
+    lines = [header, "-" * len(header)]
+    for name, m in report["methods"].items():
+        t, i = m["t2i"], m["i2t"]
+        lines.append(f"{name:<22}{100 * t['R@1']:>8.1f}{100 * t['R@5']:>7.1f}{100 * t['R@10']:>7.1f}"
+                     f"{100 * i['R@1']:>9.1f}{100 * i['R@5']:>7.1f}{100 * i['R@10']:>7.1f}"
+                     f"{m['trainable_params']:>12,}{m['train_seconds']:>9.1f}")
+    lines.append(f"chance R@1: {100 * report['chance_R@1']:.1f}  (test: {report['test']})")
+    return "\n".join(lines)
+
+
+def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
+    """Recall@K curves per method, one panel per direction, saved as PNG (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, direction, title in zip(axes, ("t2i", "i2t"), ("text → image", "image → text")):
+        for name, m in report["methods"].items():
+            ks = sorted(int(k[2:]) for k in m[direction])
+            ax.plot(ks, [100 * m[direction][f"R@{k}"] for k in ks], marker="o", label=name)
+        ax.set_title(title)
+        ax.set_xlabel("K")
+        ax.set_xticks([1, 5, 10])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Recall@K (%)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Retrieval on {report['test']}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

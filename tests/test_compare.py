@@ -1,0 +1,54 @@
+"""The comparison harness and the demo pipeline, on a tiny model and a tiny shapes world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slq.adapter import backbone_mismatch
+from slq.backbone import Backbone
+from slq.compare import METHODS, compare, random_twin
+from slq.data import load_jsonl
+from slq.demo import DEMO_METHODS, run_demo
+from slq.errors import SLQError
+from slq.train import TrainConfig
+
+
+def test_random_twin_has_same_architecture_other_weights(tiny_dirs, tmp_path):
+    twin = random_twin(tiny_dirs["internvl"], tmp_path / "twin", seed=1)  # the original used seed 0
+    original, copy = Backbone.load(tiny_dirs["internvl"]), Backbone.load(twin)
+    assert backbone_mismatch(original.fingerprint(), copy.fingerprint()) == \
+        "same architecture but different weights (embedding probe differs)"
+    assert copy.text_batch(["a cat"]).input_ids.tolist() == original.text_batch(["a cat"]).input_ids.tolist()
+
+
+def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
+    data = load_jsonl(shapes_jsonl)
+    report = compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
+                     methods=METHODS, progress=False)
+    assert list(report["methods"]) == list(METHODS)
+    for name, m in report["methods"].items():
+        assert set(m["t2i"]) == set(m["i2t"]) == {"R@1", "R@5", "R@10"}
+        trained = name in ("slq", "slq_random_init", "lora", "full_ft")
+        assert (m["trainable_params"] > 0) == trained and (m["train_seconds"] > 0) == trained
+    assert report["methods"]["slq"]["trainable_params"] == 4 * 32
+    assert report["methods"]["lora"]["trainable_params"] < report["methods"]["full_ft"]["trainable_params"]
+    assert report["chance_R@1"] == 1 / 16
+
+
+def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):
+    data = load_jsonl(shapes_jsonl)
+    with pytest.raises(SLQError, match="unknown method"):
+        compare(tiny_dirs["llava"], data, data, TrainConfig(), methods=["slq", "clip"])
+
+
+def test_demo_pipeline_smoke(tmp_path):
+    """The `make demo` pipeline at a few steps: world, tiny backbone, four methods, report and plot."""
+    run_demo(tmp_path, n_train=64, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False,
+             log=lambda *_: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert list(report["methods"]) == list(DEMO_METHODS)
+    assert report["chance_R@1"] == 1 / 16
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "world" / "train.jsonl").is_file() and (tmp_path / "backbone" / "config.json").is_file()
