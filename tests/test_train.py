@@ -103,3 +103,48 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert lr_factor(0, 4, 10) == 0.25 and lr_factor(3, 4, 10) == 1.0
     assert lr_factor(4, 4, 10) == 1.0 and lr_factor(7, 4, 10) == 0.5 and lr_factor(10, 4, 10) == 0.0
     assert lr_factor(0, 0, 10) == 1.0
+
+
+def test_prompt_cache_reuses_prompts_across_epochs_without_changing_training(tiny_dirs, shapes_jsonl):
+    """Epochs after the first run only the queries, and the run matches one without the cache."""
+    data = load_jsonl(shapes_jsonl)  # 16 images, 2 captions each
+    runs = {}
+    for budget in (0.0, 64.0):
+        retriever, config = _run(tiny_dirs, data, epochs=3, prompt_cache_mb=budget)
+        runs[budget] = (train(retriever, data, config, progress=False), retriever.queries.weight.detach().clone())
+    (plain, q_plain), (cached, q_cached) = runs[0.0], runs[64.0]
+    assert plain.prompt_cache is None
+    stats = cached.prompt_cache
+    assert 16 < stats["prompts"] <= 16 + len(set(data.texts()))  # every image, and the captions drawn
+    # epoch 1 misses every image (16) and the captions it draws; epochs 2 and 3 hit every image
+    assert stats["hits"] >= 2 * 16 and stats["misses"] <= stats["prompts"]
+    losses_plain, losses_cached = [h["loss"] for h in plain.history], [h["loss"] for h in cached.history]
+    assert losses_plain == pytest.approx(losses_cached, abs=1e-5)
+    assert torch.allclose(q_plain, q_cached, atol=1e-5)
+
+
+def test_prompt_cache_respects_its_budget(tiny_dirs, shapes_jsonl):
+    from slq.queries import PromptCache
+
+    data = load_jsonl(shapes_jsonl)
+    retriever, _ = _run(tiny_dirs, data)
+    probe = PromptCache(budget_mb=1000)
+    retriever.embed_images(data.records[:1], cache=probe)
+    one = probe.used  # bytes of one image prompt
+    cache = PromptCache(budget_mb=3.5 * one / 2**20)
+    with torch.no_grad():
+        retriever.embed_images(data.records[:8], cache=cache)
+    assert len(cache) == 3 and cache.used <= cache.budget
+
+
+def test_cached_prompts_embed_like_fresh_ones(tiny_dirs, shapes_jsonl):
+    from slq.queries import PromptCache
+
+    data = load_jsonl(shapes_jsonl)
+    retriever, _ = _run(tiny_dirs, data, family="idefics3")
+    cache = PromptCache(budget_mb=64)
+    retriever.embed_images(data.records[:3], cache=cache)  # prime three
+    mixed = retriever.embed_images(data.records[:6], cache=cache)  # three hits, three misses
+    fresh = retriever.embed_images(data.records[:6])
+    assert torch.allclose(mixed, fresh, atol=1e-5)
+    assert cache.hits == 3

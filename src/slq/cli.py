@@ -77,7 +77,7 @@ def cmd_train(args) -> None:
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                          temperature=args.temperature, seed=args.seed, save_every=args.save_every,
-                         engine=args.engine)
+                         engine=args.engine, prompt_cache_mb=args.prompt_cache_mb)
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
         raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
                        "--overwrite to start afresh")
@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default=defaults["engine"],
                    help="cached (default): the prompt runs once without grad and the backward pass covers only the "
                         "queries; naive: one pass with grad over the whole sequence (for checking)")
+    p.add_argument("--prompt-cache-mb", type=float, default=0.0,
+                   help="with the cached engine, keep each prompt's keys/values across epochs in up to this many MB "
+                        "of RAM, so later epochs run only the queries (default: 0, off)")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     resume.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")

@@ -41,6 +41,13 @@ class Encoder:
         """The tensors an optimiser updates, by a stable name (used in checkpoints)."""
         raise NotImplementedError
 
+    def embed_texts(self, texts: Sequence[str], engine: str = "cached", cache=None) -> torch.Tensor:
+        """Training-time embedding of raw texts; `cache` is for methods that can reuse prompts (SLQ)."""
+        return self.embed(self.text_batch(texts), engine)
+
+    def embed_images(self, images: Sequence[ImageInput], engine: str = "cached", cache=None) -> torch.Tensor:
+        return self.embed(self.image_batch(images), engine)
+
     @property
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_tensors().values())

@@ -8,6 +8,8 @@ prompt. The embedding is the L2-normalised mean of the last-layer states at the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,108 @@ def _append_placeholders(batch: PrefixBatch, num_queries: int, pad_id: int):
 ENGINES = ("cached", "naive")
 
 
+@dataclass
+class PromptState:
+    """One prompt run once without grad: what its queries need, and nothing that depends on them.
+
+    Since the backbone is frozen and the queries come last, this never changes during training,
+    so it can be kept across epochs (see `PromptCache`).
+    """
+
+    keys: tuple[torch.Tensor, ...]  # per layer (kv_heads, L, head_dim), the prompt's real tokens only
+    values: tuple[torch.Tensor, ...]
+    query_positions: torch.Tensor  # (N_q,) or (3, N_q) for M-RoPE: where the queries continue
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[-2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def to(self, dtype: torch.dtype) -> "PromptState":
+        return PromptState(tuple(k.to(dtype) for k in self.keys), tuple(v.to(dtype) for v in self.values),
+                           self.query_positions)
+
+
+@torch.no_grad()
+def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> list[PromptState]:
+    """Run a batch of prompts once, without grad, and split the keys/values per prompt."""
+    prefix_len = batch.input_ids.shape[1]
+    ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
+    position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
+    extra = backbone.family.extra_inputs(backbone.config, batch.input_ids)
+    out = backbone.model.model(
+        inputs_embeds=backbone.input_embeddings(batch.input_ids), attention_mask=batch.attention_mask,
+        position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs, **extra,
+    )
+    layers = out.past_key_values.layers
+    states = []
+    for row, real in enumerate(batch.attention_mask.sum(-1).tolist()):
+        start = prefix_len - real  # left padding
+        states.append(PromptState(
+            tuple(layer.keys[row, :, start:].clone() for layer in layers),
+            tuple(layer.values[row, :, start:].clone() for layer in layers),
+            position_ids[..., row, prefix_len:].clone(),
+        ))
+    return states
+
+
+def queries_on_prompts(backbone: Backbone, states: list[PromptState], queries: torch.Tensor) -> torch.Tensor:
+    """Run only the queries, with grad, on the prompts' keys/values: (B, N_q, d)."""
+    from transformers import DynamicCache
+
+    num_queries, longest, dtype = queries.shape[0], max(s.length for s in states), backbone.dtype
+    mask = torch.zeros(len(states), longest + num_queries, dtype=torch.long, device=backbone.device)
+    cache_data = []
+    for layer in range(len(states[0].keys)):
+        first = states[0].keys[layer]
+        keys = first.new_zeros((len(states), first.shape[0], longest, first.shape[-1]), dtype=dtype)  # (B, kv, L, hd)
+        values = torch.zeros_like(keys)
+        for row, state in enumerate(states):
+            keys[row, :, longest - state.length:] = state.keys[layer]
+            values[row, :, longest - state.length:] = state.values[layer]
+        cache_data.append((keys, values))
+    for row, state in enumerate(states):
+        mask[row, longest - state.length:] = 1  # left padding, then the queries
+    position_ids = torch.stack([s.query_positions for s in states], dim=-2)  # (B, Nq) or (3, B, Nq)
+    q = queries.to(dtype).unsqueeze(0).expand(len(states), -1, -1)  # (B, Nq, d)
+    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=position_ids,
+                               past_key_values=DynamicCache(ddp_cache_data=cache_data, config=backbone.config),
+                               use_cache=True)
+    return out.last_hidden_state
+
+
+class PromptCache:
+    """Prompt states kept across epochs in RAM, up to a byte budget (then new prompts are not kept).
+
+    `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
+    when used. Nothing is evicted, so what is kept does not depend on the order of lookups.
+    """
+
+    def __init__(self, budget_mb: float, dtype: torch.dtype | None = None):
+        self.budget = int(budget_mb * 2**20)
+        self.dtype = dtype
+        self.used = self.hits = self.misses = 0
+        self._states: dict[tuple, PromptState] = {}
+
+    def get(self, key: tuple) -> PromptState | None:
+        state = self._states.get(key)
+        self.hits += state is not None
+        self.misses += state is None
+        return state
+
+    def put(self, key: tuple, state: PromptState) -> None:
+        stored = state.to(self.dtype) if self.dtype is not None else state
+        if self.used + stored.nbytes <= self.budget:
+            self._states[key] = stored
+            self.used += stored.nbytes
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, *, engine: str = "cached",
                  ) -> torch.Tensor:
     """Last-layer hidden states at the query positions, shape (B, N_q, d).
@@ -63,32 +167,24 @@ def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, 
     Engines differ only when gradients are on:
       * "naive": one pass over prompt + queries, so the backward pass walks the whole sequence;
       * "cached": nothing before the queries depends on them, so the prompt runs once without grad
-        and leaves its keys/values; the queries then run alone on that cache, and the backward
-        pass covers only the N_q query positions.
+        and leaves its keys/values (`run_prompts`); the queries then run alone on them
+        (`queries_on_prompts`), and the backward pass covers only the N_q query positions.
     Without gradients (encoding) both take the single full pass, the cheapest there is.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    num_queries, prefix_len = queries.shape[0], batch.input_ids.shape[1]
+    num_queries = queries.shape[0]
+    if engine == "cached" and torch.is_grad_enabled() and queries.requires_grad:
+        return queries_on_prompts(backbone, run_prompts(backbone, batch, num_queries), queries)
     ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
     position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
-    extra = backbone.family.extra_inputs(backbone.config, ids)
     with torch.no_grad():
         prefix_embeds = backbone.input_embeddings(batch.input_ids)  # (B, L, d)
     q = queries.to(prefix_embeds.dtype).unsqueeze(0).expand(len(batch), -1, -1)  # (B, Nq, d)
-    if engine == "naive" or not (torch.is_grad_enabled() and queries.requires_grad):
-        out = backbone.model.model(inputs_embeds=torch.cat([prefix_embeds, q], dim=1), attention_mask=mask,
-                                   position_ids=position_ids, **batch.model_inputs, **extra)
-        return out.last_hidden_state[:, -num_queries:]
-    with torch.no_grad():
-        prefix = backbone.model.model(
-            inputs_embeds=prefix_embeds, attention_mask=batch.attention_mask,
-            position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs,
-            **{k: v[:, :prefix_len] for k, v in extra.items()},
-        )
-    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=position_ids[..., prefix_len:],
-                               past_key_values=prefix.past_key_values, use_cache=True)
-    return out.last_hidden_state  # (B, Nq, d)
+    out = backbone.model.model(inputs_embeds=torch.cat([prefix_embeds, q], dim=1), attention_mask=mask,
+                               position_ids=position_ids, **batch.model_inputs,
+                               **backbone.family.extra_inputs(backbone.config, ids))
+    return out.last_hidden_state[:, -num_queries:]
 
 
 def pool(states: torch.Tensor) -> torch.Tensor:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from .adapter import AdapterConfig, backbone_mismatch, load_adapter, save_adapter
 from .backbone import Backbone, PrefixBatch
-from .encoder import Encoder
+from .data import ImageRecord
+from .encoder import Encoder, ImageInput
 from .errors import AdapterError
-from .queries import LatentQueries, pool, query_states
+from .queries import LatentQueries, PromptCache, pool, queries_on_prompts, query_states, run_prompts
 
 
 class SLQRetriever(Encoder):
@@ -61,3 +64,27 @@ class SLQRetriever(Encoder):
 
     def embed(self, batch: PrefixBatch, engine: str = "cached") -> torch.Tensor:
         return pool(query_states(self.backbone, batch, self.queries.weight, engine=engine))
+
+    def embed_texts(self, texts: Sequence[str], engine: str = "cached", cache: PromptCache | None = None):
+        return self._embed_cached([("text", t) for t in texts], texts, self.text_batch, engine, cache)
+
+    def embed_images(self, images: Sequence[ImageInput], engine: str = "cached", cache: PromptCache | None = None):
+        keys = [("image", str(im.image if isinstance(im, ImageRecord) else im))
+                if not isinstance(im, Image.Image) else None for im in images]  # a PIL image has no stable key
+        return self._embed_cached(keys, images, self.image_batch, engine, cache)
+
+    def _embed_cached(self, keys: list, items: Sequence, prepare: Callable, engine: str,
+                      cache: PromptCache | None) -> torch.Tensor:
+        """The cached engine on prompt states, running only the prompts the cache does not hold."""
+        if engine != "cached" or cache is None:
+            return self.embed(prepare(items), engine)
+        states = [cache.get(k) if k is not None else None for k in keys]
+        missing = [i for i, state in enumerate(states) if state is None]
+        if missing:
+            fresh = run_prompts(self.backbone, prepare([items[i] for i in missing]), self.queries.num_queries)
+            for i, state in zip(missing, fresh):
+                states[i] = state
+                if keys[i] is not None:
+                    cache.put(keys[i], state)
+        states = [s.to(self.backbone.dtype) for s in states]
+        return pool(queries_on_prompts(self.backbone, states, self.queries.weight))

@@ -25,12 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .backbone import PrefixBatch
 from .data import ImageTextDataset
 from .encoder import Encoder
 from .errors import SLQError
 from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
-from .queries import ENGINES
+from .queries import ENGINES, PromptCache
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -49,6 +48,7 @@ class TrainConfig:
     seed: int = 0  # data order, caption choice and query initialisation
     save_every: int = 0  # write a resumable checkpoint every N steps (0 = only at the end)
     engine: str = "cached"  # "cached": prompt without grad, backward over the queries only; "naive": full sequence
+    prompt_cache_mb: float = 0.0  # keep prompts' keys/values across epochs, up to this many MB of RAM (0 = off)
 
     def __post_init__(self):
         def need(ok: bool, name: str, rule: str):
@@ -67,6 +67,7 @@ class TrainConfig:
              f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
+        need(math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0, "prompt_cache_mb", "must be >= 0")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one entry per step: step, loss, temperature, lr
     train_seconds: float = 0.0
     steps: int = 0
+    prompt_cache: dict | None = None  # size and hit counts when prompts were kept across epochs
 
 
 def _seeded(*parts: int) -> torch.Generator:
@@ -159,11 +161,14 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
     )
 
 
-def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer,
-               text_batch: PrefixBatch, image_batch: PrefixBatch, engine: str = "cached") -> float:
-    """One optimisation step on B aligned (text, image) pairs, row i of each batch; returns the loss."""
-    text_emb = encoder.embed(text_batch, engine)  # (B, d)
-    image_emb = encoder.embed(image_batch, engine)  # (B, d)
+def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
+               images: list, engine: str = "cached", cache: PromptCache | None = None) -> float:
+    """One optimisation step on B aligned (text, image) pairs; returns the loss.
+
+    With a `cache`, prompts already run in an earlier epoch are not run again (SLQ, cached engine).
+    """
+    text_emb = encoder.embed_texts(texts, engine, cache)  # (B, d)
+    image_emb = encoder.embed_images(images, engine, cache)  # (B, d)
     loss = loss_fn(text_emb, image_emb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -183,6 +188,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     loss_fn = ContrastiveLoss(config.temperature)
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
+    cache = PromptCache(config.prompt_cache_mb) if config.prompt_cache_mb > 0 else None
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
     start = 0
     if resume:
@@ -196,8 +202,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
-        loss = train_step(encoder, loss_fn, optimizer, encoder.text_batch(texts), encoder.image_batch(records),
-                          config.engine)
+        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache)
         result.train_seconds += time.perf_counter() - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}
@@ -210,6 +215,9 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
         if checkpoint is not None and (last or (config.save_every and (step + 1) % config.save_every == 0)):
             _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result)
     bar.close()
+    if cache is not None:
+        result.prompt_cache = {"prompts": len(cache), "mb": round(cache.used / 2**20, 1), "hits": cache.hits,
+                               "misses": cache.misses}
     if hasattr(encoder, "temperature"):
         encoder.temperature = loss_fn.temperature.item()
     return result
