@@ -56,10 +56,17 @@ def add_model_options(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
-def images(n: int, side: int) -> list[Image.Image]:
-    """Distinct, non-constant images (constant inputs can run faster than real data)."""
+def images(n: int, side: int, folder: Path) -> list[Path]:
+    """Distinct, non-constant PNG files (constant inputs can run faster than real data; files have
+    stable names, so prompt caches can key on them)."""
     generator = torch.Generator().manual_seed(0)
-    return [Image.fromarray((torch.rand(side, side, 3, generator=generator) * 255).byte().numpy()) for _ in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = (torch.rand(side, side, 3, generator=generator) * 255).byte().numpy()
+        paths.append(folder / f"{i:03d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
 
 
 def texts(n: int) -> list[str]:

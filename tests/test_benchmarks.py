@@ -1,0 +1,42 @@
+"""The benchmark scripts still run and report their ratios (at toy size; timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2,
+                         "rope_parameters": {"mrope_section": [4, 2, 2]}},
+         "vision_config": {"hidden_size": 64}}
+
+
+def _run(script: str, tmp_path: Path, *args) -> dict:
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--config", str(config),
+                           "--image-side", "56", "--batch-size", "2", *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_train_speed_reports_ratios(tmp_path):
+    summary = _run("train_speed.py", tmp_path, "--steps", "1", "--methods", "forward,forward_queries,slq,"
+                   "slq_cached_epoch,lora")
+    assert set(summary["results"]) == {"forward", "forward_queries", "slq", "slq_cached_epoch", "lora"}
+    for key in ("slq_over_lora_time", "slq_over_lora_memory", "slq_over_forward", "slq_5epoch_over_lora_5epoch"):
+        assert summary[key] > 0
+    assert summary["results"]["slq"]["trainable_params"] == 20 * 64
+    assert "extrapolated" in summary["slq_5epoch_note"]
+
+
+def test_encode_speed_reports_ratio(tmp_path):
+    summary = _run("encode_speed.py", tmp_path, "--n", "4", "--rounds", "1")
+    assert summary["encode_over_forward"] > 0 and set(summary["seconds"]) == {"forward", "forward_queries", "encode"}
