@@ -1,0 +1,76 @@
+"""Loading backbones: what is refused, where the chat template comes from, what the fingerprint sees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from slq.adapter import backbone_mismatch
+from slq.backbone import Backbone
+from slq.errors import SLQError
+
+
+def test_unsupported_model_type_names_what_is_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(SLQError, match=r"unsupported backbone model_type 'bert'; slq supports: .*qwen2_vl"):
+        Backbone.load(tmp_path)
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(SLQError, match="not a checkpoint folder"):
+        Backbone.load(tmp_path)
+
+
+def test_processor_level_chat_template_is_used(tiny_dirs, tmp_path):
+    """Many VL checkpoints keep the template in chat_template.json, not in the tokenizer config."""
+    folder = tmp_path / "qwen"
+    shutil.copytree(tiny_dirs["qwen2_vl"], folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    marked = template.replace("{{ message['role'] }}\n", "{{ message['role'] }} (from json)\n")
+    assert marked != template
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": marked}))
+    backbone = Backbone.load(folder)
+    prompt = backbone.tokenizer.decode(backbone.text_batch(["a cat"]).input_ids[0])
+    assert "<|im_start|>user (from json)\na cat<|im_end|>" in prompt
+
+
+def test_missing_chat_template_is_refused(tiny_dirs, tmp_path):
+    folder = tmp_path / "qwen"
+    shutil.copytree(tiny_dirs["qwen2_vl"], folder)
+    (folder / "chat_template.jinja").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(SLQError, match="no chat template"):
+        Backbone.load(folder)
+
+
+def test_prompts_end_with_the_assistant_opener(backbones):
+    """The queries go right after the opener, so every prompt must end with it (left padding)."""
+    openers = {"qwen2_vl": "<|im_start|>assistant\n", "internvl": "<|im_start|>assistant\n",
+               "idefics3": "Assistant:", "llava": "ASSISTANT:"}
+    for family, opener in openers.items():
+        backbone = backbones[family]
+        batch = backbone.text_batch(["a cat", "a much longer caption about two dogs"])
+        for row in batch.input_ids:
+            assert backbone.tokenizer.decode(row).endswith(opener), family
+
+
+def test_fingerprint_survives_a_dtype_change(tiny_dirs):
+    fp32 = Backbone.load(tiny_dirs["llava"]).fingerprint()
+    bf16 = Backbone.load(tiny_dirs["llava"], dtype=torch.bfloat16).fingerprint()
+    assert backbone_mismatch(fp32, bf16) is None
+    assert fp32["config_sha256"] == bf16["config_sha256"]
+
+
+def test_backbone_is_frozen(backbones):
+    for family, backbone in backbones.items():
+        assert not any(p.requires_grad for p in backbone.model.parameters()), family
+        assert not backbone.model.training, family
