@@ -71,6 +71,22 @@ def _retriever(args, adapter: Path | None, **kwargs):
 
 # --- subcommands ------------------------------------------------------------------------------
 
+def _init_distributed(args) -> int:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns this rank."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        cuda = (args.device or "").startswith("cuda")
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return dist.get_rank()
+
+
 def cmd_train(args) -> None:
     from .train import CHECKPOINT_DIR, TrainConfig, train, train_settings
 
@@ -81,11 +97,15 @@ def cmd_train(args) -> None:
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
         raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
                        "--overwrite to start afresh")
+    rank = _init_distributed(args)
     dataset = _load_data(args, args.train)
     retriever = _retriever(args, None, num_queries=config.num_queries, seed=config.seed)
-    print(f"slq: training {retriever.trainable_parameters:,} parameters ({config.num_queries} queries x "
-          f"{retriever.backbone.hidden_size}) on {len(dataset)} images; backbone frozen", file=sys.stderr)
+    if rank == 0:
+        print(f"slq: training {retriever.trainable_parameters:,} parameters ({config.num_queries} queries x "
+              f"{retriever.backbone.hidden_size}) on {len(dataset)} images; backbone frozen", file=sys.stderr)
     result = train(retriever, dataset, config, checkpoint_dir=args.out, resume=args.resume)
+    if rank != 0:
+        return  # every process holds the same queries; one writes them
     settings = train_settings(config, dataset, result)
     settings["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
     retriever.save(args.out, training=settings)

@@ -2,8 +2,10 @@
 
 The temperature is kept as a log so it stays positive, starts at 0.07 as in the paper, and is
 clamped to [0.01, 1] so it can neither blow the logits up nor flatten them. Under
-`torch.distributed` the embeddings of every process are gathered so each process sees the global
-batch as negatives; the local slice is put back so its gradient flows.
+`torch.distributed` the embeddings of every process are gathered and every process computes the
+loss over the whole global batch; only its own slice carries gradient, so summing the gradients
+across processes (`slq.train`) gives exactly the gradient of the global loss: W processes with B
+pairs each train like one process with W·B.
 """
 
 from __future__ import annotations
@@ -43,11 +45,10 @@ class ContrastiveLoss(nn.Module):
         return self.log_temperature.exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE)
 
     def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
-        """Both inputs L2-normalised, shape (B, d); returns the scalar loss."""
+        """Both inputs L2-normalised, shape (B, d), row i of each a positive pair; the scalar loss."""
         assert text_emb.shape == image_emb.shape, f"pair shapes differ: {text_emb.shape} vs {image_emb.shape}"
-        all_images = gather_with_grad(image_emb, self.rank, self.world_size)  # (W*B, d)
-        all_texts = gather_with_grad(text_emb, self.rank, self.world_size)
-        labels = torch.arange(text_emb.shape[0], device=text_emb.device) + self.rank * text_emb.shape[0]
-        logits_t2i = text_emb @ all_images.T / self.temperature  # (B, W*B)
-        logits_i2t = image_emb @ all_texts.T / self.temperature
-        return (F.cross_entropy(logits_t2i, labels) + F.cross_entropy(logits_i2t, labels)) / 2
+        all_texts = gather_with_grad(text_emb, self.rank, self.world_size)  # (W*B, d)
+        all_images = gather_with_grad(image_emb, self.rank, self.world_size)
+        logits = all_texts @ all_images.T / self.temperature  # (W*B, W*B), text i vs image j
+        labels = torch.arange(all_texts.shape[0], device=text_emb.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

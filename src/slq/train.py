@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -83,24 +84,31 @@ def _seeded(*parts: int) -> torch.Generator:
 
 
 class BatchPlan:
-    """Which images and which of their captions make up each step."""
+    """Which images and which of their captions make up each step, for this process.
 
-    def __init__(self, dataset: ImageTextDataset, config: TrainConfig):
-        if config.batch_size > len(dataset):
-            raise SLQError(f"--batch-size {config.batch_size} is larger than the training set "
+    A step's global batch is `batch_size × world_size` pairs; process `rank` takes its slice, so
+    W processes see exactly the pairs one process with the global batch would.
+    """
+
+    def __init__(self, dataset: ImageTextDataset, config: TrainConfig, rank: int = 0, world_size: int = 1):
+        self.global_batch = config.batch_size * world_size
+        if self.global_batch > len(dataset):
+            across = f" x {world_size} processes" if world_size > 1 else ""
+            raise SLQError(f"--batch-size {config.batch_size}{across} is larger than the training set "
                            f"({len(dataset)} images in {dataset.name})")
-        self.dataset, self.config = dataset, config
-        self.steps_per_epoch = len(dataset) // config.batch_size  # drop the ragged tail: equal negatives per step
+        self.dataset, self.config, self.rank = dataset, config, rank
+        self.steps_per_epoch = len(dataset) // self.global_batch  # drop the ragged tail: equal negatives per step
         self.total_steps = self.steps_per_epoch * config.epochs
 
     def __call__(self, step: int) -> tuple[list, list[str]]:
         epoch, within = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.dataset), generator=_seeded(self.config.seed, epoch))
-        picked = order[within * self.config.batch_size:(within + 1) * self.config.batch_size].tolist()
+        picked = order[within * self.global_batch:(within + 1) * self.global_batch].tolist()
         choice = _seeded(self.config.seed, epoch, within, 1)
         records = [self.dataset.records[i] for i in picked]
         texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
-        return records, texts
+        mine = slice(self.rank * self.config.batch_size, (self.rank + 1) * self.config.batch_size)
+        return records[mine], texts[mine]
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -172,8 +180,29 @@ def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.opti
     loss = loss_fn(text_emb, image_emb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if loss_fn.world_size > 1:
+        _sync_gradients(encoder, loss_fn)
     optimizer.step()
     return loss.item()
+
+
+def _sync_gradients(encoder: Encoder, loss_fn: ContrastiveLoss) -> None:
+    """Each process holds the global loss's gradient through its own slice only: sum those.
+
+    The temperature's gradient is already whole (and equal) on every process: average it.
+    """
+    for param in encoder.trainable_tensors().values():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+    dist.all_reduce(loss_fn.log_temperature.grad, op=dist.ReduceOp.SUM)
+    loss_fn.log_temperature.grad /= loss_fn.world_size
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
@@ -183,9 +212,10 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
 
     The encoder is an `SLQRetriever` (the queries train) or a baseline (LoRA, full fine-tuning).
     """
-    plan = BatchPlan(dataset, config)
+    rank, world_size = distributed_context()
+    plan = BatchPlan(dataset, config, rank, world_size)
     warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
-    loss_fn = ContrastiveLoss(config.temperature)
+    loss_fn = ContrastiveLoss(config.temperature, rank=rank, world_size=world_size)
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
     cache = PromptCache(config.prompt_cache_mb) if config.prompt_cache_mb > 0 else None
@@ -196,7 +226,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
             raise SLQError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
         start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result)
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
-               disable=None if progress is None else not progress)
+               disable=(None if progress is None else not progress) if rank == 0 else True)
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:
@@ -212,7 +242,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
         if on_step is not None:
             on_step(entry)
         last = step + 1 == plan.total_steps
-        if checkpoint is not None and (last or (config.save_every and (step + 1) % config.save_every == 0)):
+        if checkpoint is not None and rank == 0 and (last or (config.save_every and (step + 1) % config.save_every == 0)):
             _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result)
     bar.close()
     if cache is not None:
