@@ -141,3 +141,17 @@ def test_usage_errors_exit_2(trained, shapes_jsonl, tmp_path):
     assert proc.returncode == 2 and "not a checkpoint folder" in proc.stderr
     proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", adapter, check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr  # the finished run's checkpoint is not overwritten
+
+
+def test_embed_jsonl_skips_and_lists_bad_records(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    images = shapes_jsonl.parent / "images"
+    data = _write(tmp_path / "mixed.jsonl", [{"image": str(images / "000.png"), "captions": ["a"]},
+                                             {"image": "missing.png", "captions": ["b"]},
+                                             {"image": str(images / "001.png"), "captions": ["c"]}])
+    args = ["embed", "--backbone", backbone, "--adapter", adapter, "--images", data, "--out", tmp_path / "e.npy"]
+    strict = slq(*args, check=False)
+    assert strict.returncode == 2 and "mixed.jsonl:2" in strict.stderr and not (tmp_path / "e.npy").exists()
+    lenient = slq(*args, "--on-bad-record", "skip")
+    assert "skipped" in lenient.stderr and "mixed.jsonl:2" in lenient.stderr
+    assert np.load(tmp_path / "e.npy").shape == (2, 32)

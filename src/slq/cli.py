@@ -143,7 +143,7 @@ def _read_texts(path: Path) -> list[str]:
     return lines
 
 
-def _list_images(path: Path) -> list:
+def _list_images(path: Path, on_bad_record: str) -> list:
     from .data import load_jsonl
     from .errors import DataError
 
@@ -153,14 +153,17 @@ def _list_images(path: Path) -> list:
             raise DataError(f"{path}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return files
     if path.suffix.lower() == ".jsonl":
-        return load_jsonl(path).records
+        dataset = load_jsonl(path, on_bad_record=on_bad_record)
+        for skipped in dataset.skipped:
+            print(f"slq: skipped {skipped.source}: {skipped.reason} (no row for it)", file=sys.stderr)
+        return dataset.records
     raise DataError(f"{path}: --images takes a folder of images or a .jsonl dataset")
 
 
 def cmd_embed(args) -> None:
     from .data import atomic_write
 
-    items = _read_texts(args.texts) if args.texts is not None else _list_images(args.images)
+    items = _read_texts(args.texts) if args.texts is not None else _list_images(args.images, args.on_bad_record)
     retriever = _retriever(args, args.adapter)
     if args.texts is not None:
         embeddings = retriever.encode_text(items, batch_size=args.batch_size, show_progress_bar=None)
@@ -273,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", type=Path,
                         help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order)")
     p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
+    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
+                   help="with a .jsonl: stop at a bad record (error, default) or leave it out and list it (skip)")
     _batch_option(p)
     p.set_defaults(func=cmd_embed)
 
