@@ -46,16 +46,29 @@ class AdapterConfig:
     training: dict = field(default_factory=dict)  # settings and results of the run, for the record
 
     def __post_init__(self):
-        if not (isinstance(self.num_queries, int) and self.num_queries > 0):
+        if not (_is_int(self.num_queries) and self.num_queries > 0):
             raise AdapterError(f"num_queries must be a positive integer, got {self.num_queries!r}")
-        if not (isinstance(self.hidden_size, int) and self.hidden_size > 0):
+        if not (_is_int(self.hidden_size) and self.hidden_size > 0):
             raise AdapterError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
         if self.pooling not in POOLINGS:
             raise AdapterError(f"pooling {self.pooling!r} is not supported; choose one of {POOLINGS}")
         if not isinstance(self.backbone, dict) or "config_sha256" not in self.backbone:
             raise AdapterError("backbone fingerprint missing or malformed")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise AdapterError(f"temperature must be a positive number, got {self.temperature!r}")
+        if not _positive_finite(self.temperature):
+            raise AdapterError(f"temperature must be a positive finite number, got {str(self.temperature)[:40]}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a count
+
+
+def _positive_finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # a JSON integer too large for a float
+        return False
 
 
 def backbone_mismatch(expected: dict, actual: dict) -> str | None:
@@ -110,7 +123,7 @@ def save_adapter(path: str | os.PathLike, queries: torch.Tensor, config: Adapter
     path.mkdir(parents=True, exist_ok=True)
     staging = path / f".{WEIGHTS_NAME}.tmp"
     save_file({"queries": queries.detach().float().cpu().contiguous()}, str(staging),
-              metadata={"format": "pt", "slq_version": __version__})
+              metadata={"format": "pt"})  # one key: safetensors orders several at random, and bytes should repeat
     os.replace(staging, path / WEIGHTS_NAME)
     atomic_write(path / CONFIG_NAME, json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
     atomic_write(path / CARD_NAME, _model_card(config))
@@ -133,8 +146,8 @@ def load_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, torch.Tensor]:
         config = AdapterConfig(**{k: v for k, v in raw.items() if k in known})
     except AdapterError as e:
         raise AdapterError(f"{config_file}: {e}") from None
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{config_file}: malformed adapter config: {e}") from None
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
+        raise AdapterError(f"{config_file}: malformed adapter config: {type(e).__name__}: {str(e)[:200]}") from None
     if not weights_file.is_file():
         raise AdapterError(f"{weights_file}: missing")
     try:

@@ -132,9 +132,14 @@ def _read_texts(path: Path) -> list[str]:
     from .errors import DataError
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first text
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read texts: {e}") from None
+    # Universal newlines (\n, \r\n, \r) end a line, nothing else (str.splitlines would also split on
+    # U+2028, \f, ...): row i of the embeddings is line i of the file, as an editor shows it.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise DataError(f"{path}:{number}: empty line; --texts takes one non-empty text per line")

@@ -144,12 +144,16 @@ class _Collector:
 
 
 def _verify_image(path: Path) -> str | None:
-    """Why the image cannot be used, or None. verify() reads the file without decoding pixels."""
+    """Why the image cannot be used, or None.
+
+    The pixels are decoded: verify() alone passes files whose compressed data is garbage, which
+    would then fail in the middle of training or evaluation, past the bad-record policy.
+    """
     try:
         if not path.is_file():
             return f"image not found: {path}"
         with Image.open(path) as img:
-            img.verify()
+            img.load()
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
         return f"cannot read image {path}: {_exc_reason(e)}"
     return None

@@ -5,8 +5,9 @@ epoch's image order comes from a generator seeded by (seed, epoch) and each imag
 one seeded by (seed, step). So a run is deterministic on CPU, and a run resumed from a checkpoint
 continues with exactly the batches it would have seen.
 
-Checkpoints (queries, temperature, optimizer, scheduler, step) are written atomically as
-`checkpoint/` inside the output folder, in safetensors + JSON: nothing is ever unpickled.
+Checkpoints (trainable tensors, temperature, optimizer state, step, history) live in `checkpoint/`
+inside the output folder, as safetensors + JSON (nothing is ever unpickled), and a kill at any
+instant leaves one that resumes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import ImageTextDataset
+from .data import ImageTextDataset, atomic_write
 from .encoder import Encoder
 from .errors import SLQError
 from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
@@ -120,31 +120,35 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: ContrastiveLoss,
                      optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
-    """Everything needed to continue bit for bit, written to a temp folder and renamed into place."""
+    """Everything needed to continue bit for bit; a kill at any instant leaves a usable checkpoint.
+
+    The tensors go to a new, step-stamped file first; `state.json`, replaced atomically, is the
+    commit point that names it; only then are older tensor files removed.
+    """
     tensors = {f"param.{name}": p.detach().cpu() for name, p in encoder.trainable_tensors().items()}
     tensors["log_temperature"] = loss_fn.log_temperature.detach()
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for name, value in state.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu()
-    meta = {"step": step, "param_groups": opt["param_groups"], "history": result.history,
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors_name = f"state-{step:08d}.safetensors"
+    staging = folder / f".{tensors_name}.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging))
+    os.replace(staging, folder / tensors_name)
+    meta = {"step": step, "tensors": tensors_name, "param_groups": opt["param_groups"], "history": result.history,
             "train_seconds": result.train_seconds}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=folder.parent))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
-    (staging / "state.json").write_text(json.dumps(meta))
-    old = folder.parent / f".{folder.name}.old"
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic_write(folder / "state.json", json.dumps(meta))
+    for stale in [*folder.glob("state-*.safetensors"), *folder.glob(".state-*.tmp")]:
+        if stale.name != tensors_name:
+            stale.unlink(missing_ok=True)
 
 
 def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
                      optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
     try:
-        tensors = load_file(str(folder / "state.safetensors"))
         meta = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / meta["tensors"]))
         with torch.no_grad():
             for name, param in encoder.trainable_tensors().items():
                 param.copy_(tensors.pop(f"param.{name}"))
@@ -154,10 +158,10 @@ def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise SLQError(f"{folder}: cannot resume from this checkpoint: {e}") from None
-    result.history, result.train_seconds = meta["history"], meta["train_seconds"]
-    return int(meta["step"])
+        result.history, result.train_seconds = meta["history"], meta["train_seconds"]
+        return int(meta["step"])
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
+        raise SLQError(f"{folder}: cannot resume from this checkpoint: {type(e).__name__}: {e}") from None
 
 
 def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConfig) -> torch.optim.Optimizer:
