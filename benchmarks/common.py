@@ -130,13 +130,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_workers(script: str, methods: list[str], argv: list[str]) -> dict[str, dict]:
-    """Run `script --worker METHOD argv…` once per method; each prints one JSON line last."""
-    results = {}
-    for method in methods:
-        print(f"... {method}", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, script, "--worker", method, *argv], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"worker {method} failed:\n{proc.stderr[-4000:]}")
-        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+def run_workers(script: str, methods: list[str], argv: list[str], rounds: int = 1) -> dict[str, dict]:
+    """Run `script --worker METHOD argv…` once per method per round, interleaved, so a slow spell on
+    a shared machine hits every method alike; each worker prints one JSON line last. Step times are
+    pooled over the rounds (median), peak memory is the largest seen."""
+    results: dict[str, dict] = {}
+    for round_ in range(rounds):
+        for method in methods:
+            print(f"... round {round_ + 1}/{rounds}: {method}", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, script, "--worker", method, *argv], capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"worker {method} failed:\n{proc.stderr[-4000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            if method in results:
+                result["all_seconds"] = results[method]["all_seconds"] + result["all_seconds"]
+                result["peak_memory_mb"] = max(result["peak_memory_mb"], results[method]["peak_memory_mb"])
+            result["step_seconds"] = median(result["all_seconds"])
+            results[method] = result
     return results

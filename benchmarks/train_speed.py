@@ -82,7 +82,8 @@ def worker(method: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_model_options(parser)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per method (median reported)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per method and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each runs every method once (interleaved)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -93,10 +94,10 @@ def main() -> None:
         return
     model_dir = common.build_backbone_dir(args)
     passthrough = [a for a in sys.argv[1:] if a not in ("--worker",)] + ["--model-dir", str(model_dir)]
-    results = common.run_workers(__file__, args.methods.split(","), passthrough)
+    results = common.run_workers(__file__, args.methods.split(","), passthrough, rounds=args.rounds)
     first = next(iter(results.values()))
     print(f"\nbatch {args.batch_size}, image prompt {first['image_tokens']} tokens, text prompt {first['text_tokens']} "
-          f"tokens, device {args.device}, {args.dtype}, median of {args.steps} steps")
+          f"tokens, device {args.device}, {args.dtype}, median of {args.rounds} rounds x {args.steps} steps")
     print(f"{'method':<18} {'step s':>8} {'memory MB':>10} {'trainable':>12}")
     for name, r in results.items():
         print(f"{name:<18} {r['step_seconds']:>8.2f} {r['peak_memory_mb']:>10.0f} {r['trainable_params']:>12,}")

@@ -28,7 +28,7 @@ def _run(script: str, tmp_path: Path, *args) -> dict:
 
 
 def test_train_speed_reports_ratios(tmp_path):
-    summary = _run("train_speed.py", tmp_path, "--steps", "1", "--methods", "forward,forward_queries,slq,"
+    summary = _run("train_speed.py", tmp_path, "--steps", "1", "--rounds", "1", "--methods", "forward,forward_queries,slq,"
                    "slq_cached_epoch,lora")
     assert set(summary["results"]) == {"forward", "forward_queries", "slq", "slq_cached_epoch", "lora"}
     for key in ("slq_over_lora_time", "slq_over_lora_memory", "slq_over_forward", "slq_5epoch_over_lora_5epoch"):
