@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,7 +218,7 @@ RECIPES: dict[str, TinyRecipe] = {
 TINY_FAMILIES = tuple(RECIPES)
 
 
-def _train_tokenizer(recipe: TinyRecipe, vocab_size: int):
+def _train_tokenizer(recipe: TinyRecipe, vocab_size: int, corpus: Sequence[str] = ()):
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
@@ -226,7 +226,7 @@ def _train_tokenizer(recipe: TinyRecipe, vocab_size: int):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(recipe.special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator([" ".join(_CORPUS)] + _CORPUS, trainer)
+    bpe.train_from_iterator([" ".join(_CORPUS)] + _CORPUS + list(corpus), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=recipe.pad_token, eos_token=recipe.eos_token,
                                    chat_template=recipe.chat_template, padding_side="left")
 
@@ -240,11 +240,13 @@ def _deep_merge(base: dict, overrides: dict) -> dict:
 
 
 def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
-                     config_overrides: dict | None = None, image_processor_overrides: dict | None = None) -> Path:
+                     config_overrides: dict | None = None, image_processor_overrides: dict | None = None,
+                     corpus: Sequence[str] = ()) -> Path:
     """Write a small random checkpoint folder of `family` to `out_dir` (atomically) and return its path.
 
     The overrides are deep-merged into the config and the image processor's settings, so the same
-    recipe gives benchmark-sized models (e.g. `{"text_config": {"hidden_size": 512}}`).
+    recipe gives benchmark-sized models (e.g. `{"text_config": {"hidden_size": 512}}`). `corpus`:
+    extra texts the tokenizer is trained on, so a model's own domain tokenises into few pieces.
     """
     if family not in RECIPES:
         raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
@@ -252,7 +254,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
 
     recipe = RECIPES[family]
     out = Path(out_dir)
-    tokenizer = _train_tokenizer(recipe, vocab_size)
+    tokenizer = _train_tokenizer(recipe, vocab_size, corpus)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
     config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
     config = config_class(**_deep_merge(config_kwargs, config_overrides or {}))
