@@ -36,14 +36,26 @@ class LatentQueries(nn.Module):
         The queries must live at the scale of what the embedding layer outputs (some families scale
         inside that layer), so the embedding layer itself produces them.
         """
-        special = set(backbone.tokenizer.all_special_ids)
-        vocab = backbone.input_embeddings.weight.shape[0]
-        ordinary = torch.tensor([i for i in range(vocab) if i not in special])
+        ordinary = ordinary_token_ids(backbone)
         picked = ordinary[torch.randint(len(ordinary), (num_queries,), generator=generator)]
         queries = cls(num_queries, backbone.hidden_size)
         with torch.no_grad():
             queries.weight.copy_(backbone.input_embeddings(picked.to(backbone.device)).float().cpu())
         return queries
+
+
+def ordinary_token_ids(backbone: Backbone) -> torch.Tensor:
+    """Ids of plain text tokens: not special, not added (image placeholders and chat markers are
+    added tokens), and inside the tokenizer (padded embedding rows beyond it are untrained).
+
+    A query equal to the image placeholder's embedding would be taken for an image slot by models
+    that find those slots by comparing embeddings.
+    """
+    tokenizer, config = backbone.tokenizer, backbone.config
+    excluded = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    excluded |= {getattr(config, name, None) for name in ("image_token_id", "video_token_id", "image_token_index")}
+    limit = min(len(tokenizer), backbone.input_embeddings.weight.shape[0])
+    return torch.tensor([i for i in range(limit) if i not in excluded])
 
 
 def _append_placeholders(batch: PrefixBatch, num_queries: int, pad_id: int):
@@ -89,9 +101,12 @@ def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> lis
     ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
     position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
     extra = backbone.family.extra_inputs(backbone.config, batch.input_ids)
+    from transformers import DynamicCache
+
     out = backbone.model.model(
         inputs_embeds=backbone.input_embeddings(batch.input_ids), attention_mask=batch.attention_mask,
         position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs, **extra,
+        past_key_values=DynamicCache(),  # full-length layers: the slicing below assumes every key is kept
     )
     layers = out.past_key_values.layers
     states = []
@@ -125,7 +140,8 @@ def queries_on_prompts(backbone: Backbone, states: list[PromptState], queries: t
     position_ids = torch.stack([s.query_positions for s in states], dim=-2)  # (B, Nq) or (3, B, Nq)
     q = queries.to(dtype).unsqueeze(0).expand(len(states), -1, -1)  # (B, Nq, d)
     out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=position_ids,
-                               past_key_values=DynamicCache(ddp_cache_data=cache_data, config=backbone.config),
+                               # no config: sliding-window layers would drop keys; the masks still apply the window
+                               past_key_values=DynamicCache(ddp_cache_data=cache_data),
                                use_cache=True)
     return out.last_hidden_state
 

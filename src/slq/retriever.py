@@ -39,6 +39,8 @@ class SLQRetriever(Encoder):
             return cls.fresh(backbone, num_queries, seed)
         config, weights = load_adapter(adapter_dir)
         why = backbone_mismatch(config.backbone, backbone.fingerprint())
+        if not why and config.hidden_size != backbone.hidden_size:
+            why = f"queries of width {config.hidden_size}, backbone hidden size {backbone.hidden_size}"
         if why:
             raise AdapterError(f"{adapter_dir}: adapter was trained for another backbone than {backbone_dir}: {why}")
         queries = LatentQueries(config.num_queries, config.hidden_size)
