@@ -150,7 +150,8 @@ class PromptCache:
     """Prompt states kept across epochs in RAM, up to a byte budget (then new prompts are not kept).
 
     `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
-    when used. Nothing is evicted, so what is kept does not depend on the order of lookups.
+    when used. Nothing is evicted, so what is kept does not depend on the order of lookups. Keys name
+    prompts only, so a cache belongs to one backbone and one query count (one training run).
     """
 
     def __init__(self, budget_mb: float, dtype: torch.dtype | None = None):
@@ -166,6 +167,8 @@ class PromptCache:
         return state
 
     def put(self, key: tuple, state: PromptState) -> None:
+        if key in self._states:  # e.g. the same caption twice in one batch
+            return
         stored = state.to(self.dtype) if self.dtype is not None else state
         if self.used + stored.nbytes <= self.budget:
             self._states[key] = stored

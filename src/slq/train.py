@@ -119,7 +119,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: ContrastiveLoss,
-                     optimizer: torch.optim.Optimizer, result: TrainResult) -> None:
+                     optimizer: torch.optim.Optimizer, result: TrainResult, run: dict) -> None:
     """Everything needed to continue bit for bit; a kill at any instant leaves a usable checkpoint.
 
     The tensors go to a new, step-stamped file first; `state.json`, replaced atomically, is the
@@ -135,19 +135,36 @@ def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: Contras
     tensors_name = f"state-{step:08d}.safetensors"
     staging = folder / f".{tensors_name}.tmp"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging))
+    with open(staging, "rb+") as f:
+        os.fsync(f.fileno())  # on disk before state.json names it
     os.replace(staging, folder / tensors_name)
     meta = {"step": step, "tensors": tensors_name, "param_groups": opt["param_groups"], "history": result.history,
-            "train_seconds": result.train_seconds}
+            "train_seconds": result.train_seconds, "run": run}
     atomic_write(folder / "state.json", json.dumps(meta))
     for stale in [*folder.glob("state-*.safetensors"), *folder.glob(".state-*.tmp")]:
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)
 
 
+def _run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
+    """What a checkpoint must share with the run resuming it: data order, schedule, model, processes."""
+    same = {k: v for k, v in asdict(config).items() if k not in ("save_every", "engine", "prompt_cache_mb")}
+    return {**same, "world_size": world_size, "train_images": len(dataset),
+            "backbone": encoder.backbone.fingerprint()["config_sha256"],
+            "trainable": sorted(encoder.trainable_tensors())}
+
+
 def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
-                     optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
+                     optimizer: torch.optim.Optimizer, result: TrainResult, run: dict) -> int:
     try:
         meta = json.loads((folder / "state.json").read_text())
+        saved = meta["run"]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise SLQError(f"{folder}: cannot resume from this checkpoint: {type(e).__name__}: {e}") from None
+    differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in run.items() if saved.get(k) != v]
+    if differ:
+        raise SLQError(f"{folder}: --resume needs the checkpointed run's settings; these differ: {'; '.join(differ)}")
+    try:
         tensors = load_file(str(folder / meta["tensors"]))
         with torch.no_grad():
             for name, param in encoder.trainable_tensors().items():
@@ -219,6 +236,13 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     rank, world_size = distributed_context()
     plan = BatchPlan(dataset, config, rank, world_size)
     warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
+    if warmup > plan.total_steps:
+        raise SLQError(f"--warmup-steps {warmup} is longer than the run ({plan.total_steps} steps): the learning "
+                       "rate would never reach its peak")
+    queries = getattr(encoder, "queries", None)
+    if queries is not None and queries.num_queries != config.num_queries:
+        raise SLQError(f"the retriever has {queries.num_queries} queries but --num-queries is {config.num_queries}")
+    run = _run_identity(config, encoder, dataset, world_size)
     loss_fn = ContrastiveLoss(config.temperature, rank=rank, world_size=world_size)
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
@@ -228,7 +252,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     if resume:
         if checkpoint is None or not (checkpoint / "state.json").is_file():
             raise SLQError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
-        start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result)
+        start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result, run)
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=(None if progress is None else not progress) if rank == 0 else True)
     for step in range(start, plan.total_steps):
@@ -247,7 +271,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
             on_step(entry)
         last = step + 1 == plan.total_steps
         if checkpoint is not None and rank == 0 and (last or (config.save_every and (step + 1) % config.save_every == 0)):
-            _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result)
+            _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result, run)
     bar.close()
     if cache is not None:
         result.prompt_cache = {"prompts": len(cache), "mb": round(cache.used / 2**20, 1), "hits": cache.hits,
