@@ -77,6 +77,8 @@ def _copy(path, tmp_path):
     (lambda d: (d / WEIGHTS_NAME).unlink(), "missing"),
     (lambda d: (d / CONFIG_NAME).write_text(json.dumps({"num_queries": -1, "hidden_size": 32, "backbone": {}})),
      "num_queries"),
+    (lambda d: (d / CONFIG_NAME).write_text(json.dumps({"num_queries": 6, "hidden_size": 32, "backbone": {
+        "config_sha256": "x", "embedding_probe": [None, "a"]}})), "embedding_probe"),
 ])
 def test_damaged_adapter_is_refused(saved, tmp_path, damage, message):
     _, path = saved

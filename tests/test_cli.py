@@ -155,3 +155,44 @@ def test_embed_jsonl_skips_and_lists_bad_records(trained, shapes_jsonl, tmp_path
     lenient = slq(*args, "--on-bad-record", "skip")
     assert "skipped" in lenient.stderr and "mixed.jsonl:2" in lenient.stderr
     assert np.load(tmp_path / "e.npy").shape == (2, 32)
+
+
+def test_more_user_mistakes_are_one_line_errors(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((backbone / "config.json").read_text())
+    cases = [
+        (["eval", "--backbone", backbone, "--adapter", adapter, "--data", shapes_jsonl, "--batch-size", "0"],
+         "--batch-size"),
+        (["train", "--backbone", backbone, "--train", shapes_jsonl, "--out", a_file], "is a file"),
+        (["eval", "--backbone", no_weights, "--adapter", adapter, "--data", shapes_jsonl], "cannot load the checkpoint"),
+        (["tiny-model", "--family", "llava", "--out", adapter], "not empty"),
+        (["eval", "--backbone", backbone, "--adapter", adapter, "--data", shapes_jsonl, "--device", "cuda:0"],
+         "--device cuda:0"),
+    ]
+    for args, expected in cases:
+        proc = slq(*args, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
+        assert expected in proc.stderr.strip().splitlines()[-1], (args, proc.stderr[-500:])
+    assert (adapter / "adapter_config.json").exists(), "tiny-model must not have replaced the folder"
+
+
+def test_karpathy_files_train_on_train_and_evaluate_on_test_by_default(trained, shapes_jsonl, tmp_path):
+    backbone, _, _ = trained
+    images = shapes_jsonl.parent / "images"
+    entries = [{"filename": f"{i:03d}.png", "split": "train" if i < 8 else "test",
+                "sentences": [{"raw": f"shape number {i}"}]} for i in range(12)]
+    karpathy = tmp_path / "dataset_shapes.json"
+    karpathy.write_text(json.dumps({"images": entries}))
+    out = tmp_path / "adapter"
+    slq("train", "--backbone", backbone, "--train", karpathy, "--image-root", images, "--out", out,
+        "--batch-size", 4, "--num-queries", 4)
+    training = json.loads((out / "adapter_config.json").read_text())["training"]
+    assert training["train_data"] == "dataset_shapes-train" and training["train_images"] == 8
+    slq("eval", "--backbone", backbone, "--adapter", out, "--data", karpathy, "--image-root", images,
+        "--report", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["dataset"] == "dataset_shapes-test" and report["n_images"] == 4

@@ -52,8 +52,11 @@ class AdapterConfig:
             raise AdapterError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
         if self.pooling not in POOLINGS:
             raise AdapterError(f"pooling {self.pooling!r} is not supported; choose one of {POOLINGS}")
-        if not isinstance(self.backbone, dict) or "config_sha256" not in self.backbone:
+        if not isinstance(self.backbone, dict) or not isinstance(self.backbone.get("config_sha256"), str):
             raise AdapterError("backbone fingerprint missing or malformed")
+        probe = self.backbone.get("embedding_probe", [])
+        if not (isinstance(probe, list) and all(_is_number(v) and _finite(v) for v in probe)):
+            raise AdapterError("backbone.embedding_probe must be a list of finite numbers")
         if not _positive_finite(self.temperature):
             raise AdapterError(f"temperature must be a positive finite number, got {str(self.temperature)[:40]}")
 
@@ -62,13 +65,19 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a count
 
 
-def _positive_finite(value) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
     try:
-        return math.isfinite(value) and value > 0
+        return math.isfinite(value)
     except OverflowError:  # a JSON integer too large for a float
         return False
+
+
+def _positive_finite(value) -> bool:
+    return _is_number(value) and _finite(value) and value > 0
 
 
 def backbone_mismatch(expected: dict, actual: dict) -> str | None:

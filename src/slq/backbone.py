@@ -88,15 +88,24 @@ class Backbone:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise SLQError(f"{path}: not a checkpoint folder (no config.json)")
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as e:
+            raise SLQError(f"{path}: cannot read config.json: {e}") from None
         family = family_for(config.model_type)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32,
-                                                            trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32,
+                                                                trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:  # missing weights, tokenizer or processor files
+            raise SLQError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
         tokenizer.chat_template = _read_chat_template(path, tokenizer)
-        image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         if device is not None:
-            model.to(device)
+            try:
+                model.to(device)
+            except (AssertionError, RuntimeError) as e:  # e.g. CUDA asked of a CPU-only torch
+                raise SLQError(f"--device {device}: {e}") from None
         return cls(model, tokenizer, image_processor, family, path)
 
     # --- identity -----------------------------------------------------------------------------

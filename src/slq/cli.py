@@ -32,27 +32,38 @@ def _backbone_options(p: argparse.ArgumentParser) -> None:
                    help="allow the checkpoint's own Python code to run (off by default)")
 
 
-def _data_options(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+def _data_options(p: argparse.ArgumentParser, flag: str, what: str, default_split: str) -> None:
     p.add_argument(flag, required=True, type=Path,
                    help=f"{what}: our JSONL (one {{\"image\", \"captions\"}} record per line) or a Karpathy "
                         "split file (dataset_coco.json / dataset_flickr30k.json)")
     p.add_argument("--image-root", type=Path, default=None,
                    help="Karpathy files only: folder the image paths are relative to (default: the file's folder)")
-    p.add_argument("--split", default=None, help="Karpathy files only: train, val, test (default), restval, "
-                                                 "train+restval")
+    p.add_argument("--split", default=None, help=f"Karpathy files only: train, val, test, restval or train+restval "
+                                                 f"(default: {default_split})")
     p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
                    help="a malformed record or unreadable image stops the run (error, default) or is left out "
                         "and listed (skip)")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _batch_option(p: argparse.ArgumentParser, default: int = 32) -> None:
-    p.add_argument("--batch-size", type=int, default=default, help=f"items per forward pass (default: {default})")
+    p.add_argument("--batch-size", type=_positive_int, default=default,
+                   help=f"items per forward pass (default: {default})")
 
 
-def _load_data(args, flag_value: Path):
+def _load_data(args, flag_value: Path, split: str | None, default_split: str):
+    """Load a dataset flag's file; Karpathy files get `split`, or the flag's own default split."""
     from .data import load_dataset
 
-    dataset = load_dataset(flag_value, image_root=args.image_root, split=args.split, on_bad_record=args.on_bad_record)
+    if flag_value.suffix.lower() == ".json" and split is None:
+        split = default_split
+    dataset = load_dataset(flag_value, image_root=args.image_root, split=split, on_bad_record=args.on_bad_record)
     for skipped in dataset.skipped:
         print(f"slq: skipped {skipped.source}: {skipped.reason}", file=sys.stderr)
     if dataset.skipped:
@@ -94,11 +105,13 @@ def cmd_train(args) -> None:
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                          temperature=args.temperature, seed=args.seed, save_every=args.save_every,
                          engine=args.engine, prompt_cache_mb=args.prompt_cache_mb)
+    if args.out.exists() and not args.out.is_dir():
+        raise SLQError(f"--out {args.out} is a file; it must be a folder (new or an adapter folder)")
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
         raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
                        "--overwrite to start afresh")
     rank = _init_distributed(args)
-    dataset = _load_data(args, args.train)
+    dataset = _load_data(args, args.train, args.split, "train")
     retriever = _retriever(args, None, num_queries=config.num_queries, seed=config.seed)
     if rank == 0:
         print(f"slq: training {retriever.trainable_parameters:,} parameters ({config.num_queries} queries x "
@@ -118,7 +131,7 @@ def cmd_eval(args) -> None:
     from .evaluate import evaluate
     from .metrics import format_recall_table
 
-    dataset = _load_data(args, args.data)
+    dataset = _load_data(args, args.data, args.split, "test")
     retriever = _retriever(args, args.adapter)
     report = evaluate(retriever, dataset, batch_size=args.batch_size)
     print(format_recall_table(report, title=f"{dataset.name}: {args.adapter}"))
@@ -188,7 +201,8 @@ def cmd_compare(args) -> None:
 
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed)
-    train_data, test_data = _load_data(args, args.train), _load_data(args, args.test)
+    train_data = _load_data(args, args.train, args.split, "train")
+    test_data = _load_data(args, args.test, args.test_split, "test")
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
@@ -219,7 +233,7 @@ def cmd_data_shapes(args) -> None:
 def cmd_tiny_model(args) -> None:
     from .tiny import build_tiny_model
 
-    out = build_tiny_model(args.family, args.out, seed=args.seed)
+    out = build_tiny_model(args.family, args.out, seed=args.seed, overwrite=args.overwrite)
     print(f"slq: tiny random {args.family} checkpoint written to {out}")
 
 
@@ -239,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="learn the latent queries on a captioned image set (backbone frozen)")
     _backbone_options(p)
-    _data_options(p, "--train", "training data")
+    _data_options(p, "--train", "training data", "train")
     p.add_argument("--out", required=True, type=Path, help="adapter folder to write")
     p.add_argument("--num-queries", type=int, default=defaults["num_queries"],
                    help=f"number of shared latent queries N_q (default: {defaults['num_queries']})")
@@ -268,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="Recall@1/5/10 in both directions on a captioned image set")
     _backbone_options(p)
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
-    _data_options(p, "--data", "evaluation data")
+    _data_options(p, "--data", "evaluation data", "test")
     _batch_option(p)
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     p.set_defaults(func=cmd_eval)
@@ -288,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train and evaluate SLQ and baselines on the same data: one trade-off table")
     _backbone_options(p)
-    _data_options(p, "--train", "training data")
+    _data_options(p, "--train", "training data", "train")
     p.add_argument("--test", required=True, type=Path, help="evaluation data (same formats as --train)")
+    p.add_argument("--test-split", default=None, help="Karpathy files only: the split of --test (default: test)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--num-queries", type=int, default=defaults["num_queries"])
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
@@ -324,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True, choices=TINY_FAMILIES)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     p.set_defaults(func=cmd_tiny_model)
     return parser
 

@@ -29,7 +29,7 @@ def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | No
     world = write_world(out / "world", n_train=n_train, n_val=max(1, n_test // 4), n_test=n_test, seed=seed,
                         progress=progress)
     if backbone_dir is None:
-        backbone_dir = build_tiny_model("qwen2_vl", out / "backbone", seed=seed)
+        backbone_dir = build_tiny_model("qwen2_vl", out / "backbone", seed=seed, overwrite=True)
         log(f"[2/3] no --backbone given: built a tiny random qwen2_vl at {backbone_dir} "
             "(a random model has little to elicit; expect near-chance recall)")
     else:

@@ -241,7 +241,7 @@ def _deep_merge(base: dict, overrides: dict) -> dict:
 
 def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
                      config_overrides: dict | None = None, image_processor_overrides: dict | None = None,
-                     corpus: Sequence[str] = ()) -> Path:
+                     corpus: Sequence[str] = (), overwrite: bool = False) -> Path:
     """Write a small random checkpoint folder of `family` to `out_dir` (atomically) and return its path.
 
     The overrides are deep-merged into the config and the image processor's settings, so the same
@@ -254,6 +254,8 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
 
     recipe = RECIPES[family]
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise SLQError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
     tokenizer = _train_tokenizer(recipe, vocab_size, corpus)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
     config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
