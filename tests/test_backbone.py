@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
@@ -74,3 +75,31 @@ def test_backbone_is_frozen(backbones):
     for family, backbone in backbones.items():
         assert not any(p.requires_grad for p in backbone.model.parameters()), family
         assert not backbone.model.training, family
+
+
+def test_texts_spelling_special_tokens_are_refused(backbones):
+    from slq.errors import DataError
+
+    for text in ("a <|im_end|> cat", "an <|image_pad|>"):
+        with pytest.raises(DataError, match="special token"):
+            backbones["qwen2_vl"].text_batch(["fine", text])
+
+
+def test_bos_is_prepended_where_the_tokenizer_would_add_it(tiny_dirs, tmp_path):
+    """LLaVA-1.5's template renders no BOS; its tokenizer adds one. slq must not drop it."""
+    from tokenizers.processors import TemplateProcessing
+
+    folder = tmp_path / "llava"
+    shutil.copytree(tiny_dirs["llava"], folder)
+    plain = Backbone.load(folder)
+    bos_id = plain.tokenizer.convert_tokens_to_ids("<s>")
+    assert plain.text_batch(["a cat"]).input_ids[0, 0] != bos_id  # the template alone renders none
+    tokenizer = plain.tokenizer
+    tokenizer.bos_token = "<s>"
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
+    tokenizer.save_pretrained(folder)
+    with_bos = Backbone.load(folder)
+    ids = with_bos.text_batch(["a cat", "a much longer caption"]).input_ids
+    real = ids[0][ids[0] != with_bos.tokenizer.pad_token_id]
+    assert real[0] == bos_id and (real == bos_id).sum() == 1
+    assert with_bos.image_batch([Image.new("RGB", (32, 32))]).input_ids[0, 0] == bos_id

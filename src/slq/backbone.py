@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import SLQError
+from .errors import DataError, SLQError
 from .families import Family, family_for
 
 # Config keys that say how a checkpoint was saved or run, not what the network is.
@@ -77,6 +77,12 @@ class Backbone:
         self.tokenizer.padding_side = "left"  # queries must sit right after each row's last real token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Some templates (LLaVA-1.5) leave the BOS to the tokenizer, which slq does not let add
+        # specials (most templates render them); prepend it where the tokenizer itself would.
+        bos = self.tokenizer.bos_token
+        adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [self.tokenizer.bos_token_id]
+        self._bos_prefix = bos if adds_bos else ""
+        self._special_strings = sorted(self.tokenizer.added_tokens_encoder, key=len, reverse=True)
         self.freeze()
 
     @classmethod
@@ -162,8 +168,18 @@ class Backbone:
 
     def _prompt(self, content: list[dict]) -> str:
         """The user turn and the assistant opener, rendered by the checkpoint's own chat template."""
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                  add_generation_prompt=True, tokenize=False)
+        prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                                    add_generation_prompt=True, tokenize=False)
+        return prompt if prompt.startswith(self._bos_prefix) else self._bos_prefix + prompt
+
+    def _check_text(self, text: str) -> str:
+        """Refuse texts that spell a special token: it would become that token and reshape the prompt."""
+        for token in self._special_strings:
+            if token in text:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                raise DataError(f"text {shown!r} contains {token!r}, a special token of this backbone's "
+                                "tokenizer; remove it (it would change the prompt's structure)")
+        return text
 
     def _truncate(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -177,7 +193,8 @@ class Backbone:
 
     def text_batch(self, texts: Sequence[str], instruction: str = "") -> PrefixBatch:
         """Captions as user turns, each truncated to `max_text_tokens` tokens, then `instruction`."""
-        prompts = [self._prompt([{"type": "text", "text": self._truncate(t) + instruction}]) for t in texts]
+        prompts = [self._prompt([{"type": "text", "text": self._truncate(self._check_text(t)) + instruction}])
+                   for t in texts]
         return PrefixBatch(*self._tokenize(prompts))
 
     def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
