@@ -86,3 +86,22 @@ def test_damaged_adapter_is_refused(saved, tmp_path, damage, message):
     damage(target)
     with pytest.raises(AdapterError, match=message):
         load_adapter(target)
+
+
+def test_a_fine_tune_that_kept_the_embeddings_is_refused(saved, tiny_dirs, tmp_path):
+    """Equal embeddings, one language-model layer changed: still another backbone."""
+    import shutil
+
+    from safetensors.torch import load_file as load_weights
+
+    _, path = saved
+    folder = tmp_path / "tuned"
+    shutil.copytree(tiny_dirs["qwen2_vl"], folder)
+    weights = load_weights(str(folder / "model.safetensors"))
+    scaled = [name for name in weights if ".layers." in name and "visual" not in name]  # on-disk LM names
+    assert scaled and not any("embed_tokens" in name for name in scaled)
+    for name in scaled:
+        weights[name] = weights[name] * 1.5
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(AdapterError, match="weights probe differs"):
+        SLQRetriever.from_pretrained(folder, path)

@@ -54,9 +54,10 @@ class AdapterConfig:
             raise AdapterError(f"pooling {self.pooling!r} is not supported; choose one of {POOLINGS}")
         if not isinstance(self.backbone, dict) or not isinstance(self.backbone.get("config_sha256"), str):
             raise AdapterError("backbone fingerprint missing or malformed")
-        probe = self.backbone.get("embedding_probe", [])
-        if not (isinstance(probe, list) and all(_is_number(v) and _finite(v) for v in probe)):
-            raise AdapterError("backbone.embedding_probe must be a list of finite numbers")
+        for name in ("embedding_probe", "weights_probe"):
+            probe = self.backbone.get(name, [])
+            if not (isinstance(probe, list) and all(_is_number(v) and _finite(v) for v in probe)):
+                raise AdapterError(f"backbone.{name} must be a list of finite numbers")
         if not _positive_finite(self.temperature):
             raise AdapterError(f"temperature must be a positive finite number, got {str(self.temperature)[:40]}")
 
@@ -88,11 +89,12 @@ def backbone_mismatch(expected: dict, actual: dict) -> str | None:
         return "; ".join(diffs)
     if expected.get("config_sha256") != actual.get("config_sha256"):
         return "same architecture summary but a different config (config_sha256 differs)"
-    probe_a, probe_b = expected.get("embedding_probe", []), actual.get("embedding_probe", [])
-    if len(probe_a) != len(probe_b) or any(
-        abs(a - b) > _PROBE_RTOL * max(abs(a), abs(b), 1e-3) for a, b in zip(probe_a, probe_b)
-    ):
-        return "same architecture but different weights (embedding probe differs)"
+    for probe in ("embedding_probe", "weights_probe"):
+        probe_a, probe_b = expected.get(probe, []), actual.get(probe, [])
+        if len(probe_a) != len(probe_b) or any(
+            abs(a - b) > _PROBE_RTOL * max(abs(a), abs(b), 1e-3) for a, b in zip(probe_a, probe_b)
+        ):
+            return f"same architecture but different weights ({probe.replace('_', ' ')} differs)"
     return None
 
 

@@ -145,15 +145,20 @@ class Backbone:
         """What an adapter records to refuse being loaded onto another backbone.
 
         `config_sha256` identifies the architecture; `embedding_probe` (L2 norms of a few evenly
-        spaced rows of the input embedding) tells apart checkpoints of the same architecture, such
-        as a pretrained model and its random twin. Norms, unlike sums, do not cancel, so a reload
-        in bfloat16 stays within the comparison's tolerance.
+        spaced rows of the input embedding) and `weights_probe` (norms of a few parameters spread
+        over the whole model, vision tower and language model alike) tell apart checkpoints of the
+        same architecture: a pretrained model and its random twin, or a fine-tune that left the
+        embeddings alone. Norms, unlike sums, do not cancel, so a reload in bfloat16 stays within
+        the comparison's tolerance.
         """
         text = self.config.get_text_config()
         canonical = json.dumps(_canonical(self.config.to_dict()), sort_keys=True, default=str)
         weight = self.input_embeddings.weight.detach()
         rows = torch.linspace(0, weight.shape[0] - 1, _PROBE_ROWS).long()
         probe = weight[rows].float().norm(dim=-1).tolist()
+        params = sorted(self.model.named_parameters())
+        picked = [params[i][1] for i in torch.linspace(0, len(params) - 1, min(8, len(params))).long().tolist()]
+        weights_probe = [p.detach().float().norm().item() for p in picked]
         return {
             "family": self.family.name,
             "model_type": self.config.model_type,
@@ -162,6 +167,7 @@ class Backbone:
             "vocab_size": text.vocab_size,
             "config_sha256": hashlib.sha256(canonical.encode()).hexdigest(),
             "embedding_probe": [round(v, 6) for v in probe],
+            "weights_probe": [round(v, 6) for v in weights_probe],
         }
 
     # --- prompts ------------------------------------------------------------------------------
