@@ -27,14 +27,15 @@ def _queries(backbone, seed=0):
 
 
 def _full_states(backbone, batch, queries):
-    """All last-layer states of prompt + queries, the way query_states runs them."""
-    ids, mask = _append_placeholders(batch, NUM_QUERIES, backbone.tokenizer.pad_token_id)
-    embeds = torch.cat([backbone.input_embeddings(batch.input_ids),
-                        queries.weight[None].expand(len(batch), -1, -1)], dim=1)
-    out = backbone.model.model(inputs_embeds=embeds, attention_mask=mask,
-                               position_ids=backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs),
-                               **batch.model_inputs, **backbone.family.extra_inputs(backbone.config, ids))
-    return out.last_hidden_state
+    """All last-layer states of prompt + queries, captured from inside a real `query_states` call."""
+    captured = []
+    hook = backbone.model.model.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
+    try:
+        query_states(backbone, batch, queries.weight, engine="naive")
+    finally:
+        hook.remove()
+    assert len(captured) == 1, "query_states should run the model once"
+    return captured[0]
 
 
 @pytest.mark.parametrize("kind", ["text", "image"])
