@@ -1,0 +1,123 @@
+"""Pretrain slq-tiny-vl, slq's default backbone, from scratch and write its checkpoint folder.
+
+    python scripts/pretrain_default.py --out src/slq/assets/slq-tiny-vl
+
+Writes the shapes world (seeded) into a work folder, builds the randomly initialised model with a
+tokenizer trained on the world's texts, pretrains it generatively (`slq.pretrain`), scores its
+captions on the test split and, unless --no-compare, measures what SLQ elicits with the demo's
+settings (`slq.compare.compare`); the numbers go into the folder's README.md model card.
+Deterministic under --seed; a killed run resumes from its work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from slq.pretrain import (MODEL_OVERRIDES, PretrainConfig, caption_attribute_accuracy, model_card,
+                          pretrain)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="checkpoint folder to write (e.g. src/slq/assets/slq-tiny-vl)")
+    p.add_argument("--work", default="runs/pretrain-slq-tiny-vl",
+                   help="world, initial model and resumable checkpoints (default: runs/pretrain-slq-tiny-vl)")
+    p.add_argument("--seed", type=int, default=0, help="world, initialisation and batch order")
+    p.add_argument("--steps", type=int, default=PretrainConfig.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=PretrainConfig.lr)
+    p.add_argument("--threads", type=int, default=PretrainConfig.threads,
+                   help="torch threads; the weights are reproducible for a given count")
+    p.add_argument("--image-side", type=int, default=PretrainConfig.image_side,
+                   help="images are resized to this square (multiple of 16): (side/16)^2 image tokens")
+    p.add_argument("--n-train", type=int, default=4000, help="training images of the world")
+    p.add_argument("--n-test", type=int, default=200, help="test images (caption accuracy and retrieval)")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the demo's comparison (zero-shot, SLQ, SLQ on a random twin) for the model card")
+    p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the work folder afterwards")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from slq.shapes import write_world
+
+    out = Path(args.out)
+    work = Path(args.work)
+    config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            threads=args.threads, image_side=args.image_side)
+    print(f"[1/4] shapes world: {args.n_train} train / {args.n_test} test images -> {work / 'world'}", flush=True)
+    world = write_world(work / "world", n_train=args.n_train, n_val=max(1, args.n_test // 4), n_test=args.n_test,
+                        seed=args.seed, progress=True)
+    print(f"[2/4] pretraining {config.steps} steps of {config.batch_size} (seed {config.seed})", flush=True)
+    began = time.perf_counter()
+    result = pretrain(out, work / "world", config, work_dir=work, progress=True)
+    minutes = (time.perf_counter() - began) / 60
+    print(f"      done in {minutes:.1f} min, final loss {result.history[-1]['loss']:.3f}", flush=True)
+    print("[3/4] caption attribute accuracy on the test split", flush=True)
+    accuracy = caption_attribute_accuracy(out, world["test"], progress=True)
+    print(json.dumps({k: v for k, v in accuracy.items() if k != "samples"}), flush=True)
+    info = {"pretrain_config": asdict(config), "minutes": minutes, "final_loss": result.history[-1]["loss"],
+            "world": {"seed": args.seed, "n_train": args.n_train}, "caption_accuracy": accuracy,
+            "command": "python scripts/pretrain_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    info.update(_describe(out, args.image_side))
+    if args.compare:
+        print("[4/4] retrieval: zero-shot, SLQ and SLQ on a random twin (demo settings)", flush=True)
+        info.update(_compare(out, world, args.seed))
+        print(info["comparison"], flush=True)
+    (out / "pretraining.json").write_text(json.dumps({k: v for k, v in info.items() if k != "comparison"},
+                                                     indent=2) + "\n")
+    (out / "README.md").write_text(model_card(info))
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"checkpoint: {out} ({info['megabytes']:.1f} MB)")
+    return 0
+
+
+def _describe(out: Path, image_side: int) -> dict:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(out)
+    text, vision = cfg.text_config, cfg.vision_config
+    from safetensors.torch import load_file
+
+    parameters = sum(t.numel() for t in load_file(out / "model.safetensors").values())
+    side = image_side // (vision.patch_size * vision.spatial_merge_size)
+    return {"dims": {"hidden": text.hidden_size, "layers": text.num_hidden_layers,
+                     "heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads,
+                     "intermediate": text.intermediate_size, "vocab": text.vocab_size,
+                     "mrope_section": MODEL_OVERRIDES["text_config"]["rope_parameters"]["mrope_section"],
+                     "vision_depth": vision.depth, "vision_embed": vision.embed_dim, "patch": vision.patch_size,
+                     "image_tokens": side * side},
+            "parameters": parameters, "megabytes": (out / "model.safetensors").stat().st_size / 2**20}
+
+
+def _compare(out: Path, world: dict, seed: int) -> dict:
+    from slq.compare import compare, format_comparison
+    from slq.data import load_jsonl
+    from slq.demo import DEMO_METHODS
+    from slq.train import TrainConfig
+
+    # the demo's defaults: 512 training images, 3 epochs of 32, lr 2e-3, 20 queries
+    full = load_jsonl(world["train"])
+    train = replace(full, records=full.records[:512])  # the demo's world is the first 512 of the same seed
+    report = compare(out, train, load_jsonl(world["test"]),
+                     TrainConfig(num_queries=20, epochs=3, batch_size=32, lr=2e-3, seed=seed),
+                     methods=DEMO_METHODS, progress=True)
+    return {"comparison": format_comparison(report), "report": report,
+            "comparison_command": f"`slq demo --backbone {out}` (seed {seed}, 512 training images, "
+                                  "3 epochs of 32, lr 2e-3, 20 queries; test split of this world)"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
