@@ -37,8 +37,6 @@ import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +50,7 @@ from .data import atomic_write
 from .errors import SLQError
 from .families import family_for
 from .shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES, held_out_combos
-from .tiny import build_tiny_model
+from .tiny import build_tiny_model, save_folder
 
 TASKS = ("caption", "vqa", "paraphrase", "knowledge")
 IGNORE = -100  # label of tokens that carry no loss
@@ -324,23 +322,6 @@ def build_initial_model(out_dir: str | os.PathLike, world_dir: str | os.PathLike
                             corpus=tokenizer_corpus(world_dir), overwrite=True)
 
 
-def _save_folder(path: Path, *parts) -> None:
-    """Write `save_pretrained` parts into a staging folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would make a shipped folder unreadable to others
-    try:
-        for part in parts:
-            part(staging)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 @dataclass
 class PretrainResult:
     steps: int
@@ -419,7 +400,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
             bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
         if config.save_every and done % config.save_every == 0 and done < config.steps:
-            _save_folder(ckpt, model.save_pretrained,
+            save_folder(ckpt, model.save_pretrained,
                          lambda d: torch.save(optimizer.state_dict(), d / "optimizer.pt"),
                          lambda d: atomic_write(d / "state.json", json.dumps({"step": done, "history": history,
                                                                           "config": asdict(config)})))
@@ -427,7 +408,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
     seconds = time.perf_counter() - began
     model.eval()
     tokenizer.padding_side = "left"  # as slq and generation want it
-    _save_folder(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
+    save_folder(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
     return PretrainResult(config.steps, seconds, history)
 
 

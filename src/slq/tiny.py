@@ -265,15 +265,23 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
         image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    save_folder(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
+    return out
+
+
+def save_folder(path: Path, *writers: Callable[[Path], object]) -> None:
+    """Run each `writer(folder)` (e.g. `save_pretrained`) into a staging folder, then rename it into
+    place, so a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would make the checkpoint unreadable to others
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        image_processor.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        for write in writers:
+            write(staging)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out
