@@ -1,10 +1,14 @@
-"""Loading a frozen vision-language backbone and turning texts or images into prompt batches.
+"""Loading a frozen backbone and turning texts or images into prompt batches.
 
 A backbone is a checkpoint folder as downloaded from a hub: config, weights, tokenizer (with its
 chat template) and image-processor config. slq loads each part with transformers' Auto classes,
 freezes the model structurally (no parameter requires grad, eval mode) and renders every input
 through the checkpoint's own chat template with the assistant opener at the end, which is where
 the latent queries go.
+
+Text-only causal LMs (`AutoModelForCausalLM`) are backbones too, for text↔text retrieval. A base
+LM may ship no chat template; its prompt is then the plain text (after the BOS), and the queries
+follow it. A GGUF file is converted once to a checkpoint folder (`slq.gguf`) and loaded from there.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ def _canonical(value):
     return value
 
 
-def _read_chat_template(path: Path, tokenizer) -> str:
-    """The tokenizer's template, else the processor-level one many VL checkpoints ship separately."""
+def _read_chat_template(path: Path, tokenizer, required: bool = True) -> str | None:
+    """The tokenizer's template, else the processor-level one many VL checkpoints ship separately.
+
+    Only a text-only base LM may have none (`required=False`): its prompts are then plain text.
+    """
     if tokenizer.chat_template:
         return tokenizer.chat_template
     jinja, as_json = path / "chat_template.jinja", path / "chat_template.json"
@@ -60,11 +67,13 @@ def _read_chat_template(path: Path, tokenizer) -> str:
         return jinja.read_text()
     if as_json.is_file():
         return json.loads(as_json.read_text())["chat_template"]
+    if not required:
+        return None
     raise SLQError(f"{path}: no chat template found (tokenizer_config.json, chat_template.jinja or chat_template.json)")
 
 
 class Backbone:
-    """A frozen vision-language model with its tokenizer, image processor and family hooks."""
+    """A frozen vision-language model (or text-only LM) with its tokenizer, image processor and family hooks."""
 
     def __init__(self, model, tokenizer, image_processor, family: Family, path: Path,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
@@ -88,10 +97,18 @@ class Backbone:
     @classmethod
     def load(cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
              trust_remote_code: bool = False) -> "Backbone":
-        """Load a checkpoint folder through transformers' Auto classes, exactly as downloaded."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        """Load a checkpoint folder through transformers' Auto classes, exactly as downloaded.
+
+        A `.gguf` file is converted to a folder in slq's cache on first use (see `slq.gguf`).
+        """
+        from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
+                                  AutoTokenizer)
 
         path = Path(path)
+        if path.suffix.lower() == ".gguf" and path.is_file():
+            from .gguf import convert_gguf
+
+            path = convert_gguf(path)
         if not (path / "config.json").is_file():
             raise SLQError(f"{path}: not a checkpoint folder (no config.json)")
         try:
@@ -99,14 +116,19 @@ class Backbone:
         except (OSError, ValueError, KeyError) as e:
             raise SLQError(f"{path}: cannot read config.json: {e}") from None
         family = family_for(config.model_type)
+        text_only = family.name == "text"
+        if text_only and hasattr(config, "vision_config"):
+            raise SLQError(f"{path}: model_type {config.model_type!r} is a vision-language model slq does not "
+                           "support yet; its text-only variant would load, but not its images")
+        auto_model = AutoModelForCausalLM if text_only else AutoModelForImageTextToText
         try:
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32,
-                                                                trust_remote_code=trust_remote_code)
+            model = auto_model.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            image_processor = None if text_only else \
+                AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:  # missing weights, tokenizer or processor files
             raise SLQError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
-        tokenizer.chat_template = _read_chat_template(path, tokenizer)
+        tokenizer.chat_template = _read_chat_template(path, tokenizer, required=not text_only)
         if device is not None:
             try:
                 model.to(device)
@@ -124,6 +146,11 @@ class Backbone:
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def text_only(self) -> bool:
+        """A causal LM without a vision tower: it embeds texts only."""
+        return self.family.name == "text"
 
     @property
     def hidden_size(self) -> int:
@@ -173,7 +200,12 @@ class Backbone:
     # --- prompts ------------------------------------------------------------------------------
 
     def _prompt(self, content: list[dict]) -> str:
-        """The user turn and the assistant opener, rendered by the checkpoint's own chat template."""
+        """The user turn and the assistant opener, rendered by the checkpoint's own chat template.
+
+        A text-only base LM without a template gets the plain text (the queries then follow it).
+        """
+        if self.tokenizer.chat_template is None:
+            return self._bos_prefix + "".join(item["text"] for item in content)
         prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                     add_generation_prompt=True, tokenize=False)
         return prompt if prompt.startswith(self._bos_prefix) else self._bos_prefix + prompt
@@ -205,6 +237,9 @@ class Backbone:
 
     def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
         """Images as user turns whose placeholder is expanded to the vision tower's token count."""
+        if self.text_only:
+            raise SLQError(f"{self.path}: a text-only backbone ({self.config.model_type}) cannot embed images; "
+                           "use a dataset whose records have \"text\" targets")
         inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images)
         content = [{"type": "image"}] + ([{"type": "text", "text": instruction}] if instruction else [])
         template = self._prompt(content)

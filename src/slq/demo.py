@@ -7,12 +7,11 @@ held-out test split. Results: `report.json`, `recall.png` and a printed table in
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .compare import compare, format_comparison, plot_comparison
-from .data import atomic_write, load_jsonl
+from .compare import compare, save_comparison
+from .data import load_jsonl
 from .shapes import write_world
 from .tiny import build_tiny_model
 from .train import TrainConfig
@@ -39,8 +38,6 @@ def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | No
     report = compare(backbone_dir, load_jsonl(world["train"]), load_jsonl(world["test"]), config,
                      methods=DEMO_METHODS, progress=progress)
     report["backbone"] = str(backbone_dir)
-    atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
-    plot_comparison(report, out / "recall.png")
-    log(format_comparison(report))
+    log(save_comparison(report, out))
     log(f"report: {out / 'report.json'}  plot: {out / 'recall.png'}")
     return report

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, PrefixBatch
-from .data import ImageRecord, load_image
+from .data import ImageRecord, Record, TextRecord, load_image
 
 ImageInput = str | os.PathLike | Image.Image | ImageRecord  # records name their source in errors
 
@@ -47,6 +47,12 @@ class Encoder:
 
     def embed_images(self, images: Sequence[ImageInput], engine: str = "cached", cache=None) -> torch.Tensor:
         return self.embed(self.image_batch(images), engine)
+
+    def embed_targets(self, records: Sequence[Record], engine: str = "cached", cache=None) -> torch.Tensor:
+        """Training-time embedding of what captions retrieve: images, or texts (text-pair datasets)."""
+        if records and isinstance(records[0], TextRecord):
+            return self.embed_texts([r.text for r in records], engine, cache)
+        return self.embed_images(records, engine, cache)
 
     @property
     def trainable_parameters(self) -> int:
@@ -82,6 +88,12 @@ class Encoder:
         out = self._encode(items, [_pixel_count(im) for im in items], self.image_batch, batch_size,
                            show_progress_bar, "encoding images")
         return _finish(out, single, convert_to_numpy)
+
+    def encode_targets(self, records: Sequence[Record], **kwargs) -> np.ndarray | torch.Tensor:
+        """Embed a dataset's targets: its images, or its texts for a text-pair dataset."""
+        if records and isinstance(records[0], TextRecord):
+            return self.encode_text([r.text for r in records], **kwargs)
+        return self.encode_image(list(records), **kwargs)
 
     @torch.no_grad()
     def _encode(self, items: list, lengths: list[int], prepare: Callable[[list], PrefixBatch], batch_size: int,

@@ -53,6 +53,27 @@ class Family:
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
 
 
+class TextFamily(Family):
+    """Text-only causal LMs (Gemma 3, Qwen2/2.5/3, Llama, ...): 1-D RoPE, no images.
+
+    E5-V showed a language model's text embeddings carry over; the same queries, pooling and loss
+    train on text pairs alone.
+    """
+
+    name = "text"
+    model_types = ()  # any causal-LM model_type that no vision-language family claims
+
+    def image_token(self, config, tokenizer) -> str:
+        raise self._no_images(config)
+
+    def image_inputs(self, config, tokenizer, image_processor, images):
+        raise self._no_images(config)
+
+    @staticmethod
+    def _no_images(config) -> SLQError:
+        return SLQError(f"{config.model_type} is a text-only backbone: it cannot embed images")
+
+
 class QwenVLFamily(Family):
     """Qwen2-VL, Qwen2.5-VL, Qwen3-VL: dynamic resolution, M-RoPE."""
 
@@ -151,6 +172,7 @@ FAMILIES: dict[str, Family] = {
         InternVLFamily(),
         Idefics3Family(),
         LlavaFamily(),
+        TextFamily(),
     )
 }
 
@@ -160,5 +182,15 @@ def family_for(model_type: str) -> Family:
     for family in FAMILIES.values():
         if model_type in family.model_types:
             return family
+    if is_causal_lm(model_type):
+        return FAMILIES["text"]
     supported = sorted(t for f in FAMILIES.values() for t in f.model_types)
-    raise SLQError(f"unsupported backbone model_type {model_type!r}; slq supports: {', '.join(supported)}")
+    raise SLQError(f"unsupported backbone model_type {model_type!r}; slq supports: {', '.join(supported)}, "
+                   "and text-only causal LMs (AutoModelForCausalLM)")
+
+
+def is_causal_lm(model_type: str) -> bool:
+    """Whether transformers has a text-only causal LM for this model_type."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

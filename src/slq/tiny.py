@@ -61,7 +61,8 @@ class TinyRecipe:
     eos_token: str
     chat_template: str
     make_config: Callable[[dict[str, int], int], tuple[type, dict]]  # (token ids, vocab) -> (class, kwargs)
-    make_image_processor: Callable[[], object]
+    make_image_processor: Callable[[], object] | None  # None: a text-only causal LM
+    bos_token: str | None = None
 
 
 def _qwen_text(vocab: int, ids: dict[str, int], **extra) -> dict:
@@ -187,6 +188,27 @@ def _llava_config(ids: dict[str, int], vocab: int):
     )
 
 
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _gemma3_text_config(ids: dict[str, int], vocab: int):
+    """Gemma 3's text model: embeddings scaled inside the embedding layer, sliding-window layers."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig, dict(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+        pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
+    )
+
+
 def _llava_image_processor():
     from transformers import CLIPImageProcessorPil
 
@@ -213,9 +235,12 @@ RECIPES: dict[str, TinyRecipe] = {
                            _idefics3_image_processor),
     "llava": TinyRecipe(("<unk>", "<s>", "</s>", "<pad>", "<image>"), "<pad>", "</s>", _LLAVA_TEMPLATE,
                         _llava_config, _llava_image_processor),
+    "gemma3_text": TinyRecipe(("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), "<pad>", "<eos>",
+                              _GEMMA_TEMPLATE, _gemma3_text_config, None, bos_token="<bos>"),
 }
 
 TINY_FAMILIES = tuple(RECIPES)
+TINY_TEXT_FAMILIES = tuple(name for name, recipe in RECIPES.items() if recipe.make_image_processor is None)
 
 
 def _train_tokenizer(recipe: TinyRecipe, vocab_size: int, corpus: Sequence[str] = ()):
@@ -228,7 +253,8 @@ def _train_tokenizer(recipe: TinyRecipe, vocab_size: int, corpus: Sequence[str] 
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator([" ".join(_CORPUS)] + _CORPUS + list(corpus), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=recipe.pad_token, eos_token=recipe.eos_token,
-                                   chat_template=recipe.chat_template, padding_side="left")
+                                   bos_token=recipe.bos_token, chat_template=recipe.chat_template,
+                                   padding_side="left")
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:
@@ -250,7 +276,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     """
     if family not in RECIPES:
         raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     recipe = RECIPES[family]
     out = Path(out_dir)
@@ -260,12 +286,16 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
     config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
     config = config_class(**_deep_merge(config_kwargs, config_overrides or {}))
-    image_processor = recipe.make_image_processor()
-    if image_processor_overrides:
-        image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
+    writers = []
+    if recipe.make_image_processor is not None:
+        image_processor = recipe.make_image_processor()
+        if image_processor_overrides:
+            image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
+        writers.append(image_processor.save_pretrained)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
-    save_folder(out, model.save_pretrained, tokenizer.save_pretrained, image_processor.save_pretrained)
+    auto_model = AutoModelForImageTextToText if recipe.make_image_processor is not None else AutoModelForCausalLM
+    model = auto_model.from_config(config)
+    save_folder(out, model.save_pretrained, tokenizer.save_pretrained, *writers)
     return out
 
 

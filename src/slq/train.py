@@ -191,14 +191,16 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
 
 
 def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
-               images: list, engine: str = "cached", cache: PromptCache | None = None) -> float:
-    """One optimisation step on B aligned (text, image) pairs; returns the loss.
+               targets: list, engine: str = "cached", cache: PromptCache | None = None) -> float:
+    """One optimisation step on B aligned (caption, target) pairs; returns the loss.
+
+    Targets are image records (or images), or `TextRecord`s for a text-pair dataset.
 
     With a `cache`, prompts already run in an earlier epoch are not run again (SLQ, cached engine).
     """
     text_emb = encoder.embed_texts(texts, engine, cache)  # (B, d)
-    image_emb = encoder.embed_images(images, engine, cache)  # (B, d)
-    loss = loss_fn(text_emb, image_emb)
+    target_emb = encoder.embed_targets(targets, engine, cache)  # (B, d)
+    loss = loss_fn(text_emb, target_emb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if loss_fn.world_size > 1:
