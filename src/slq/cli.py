@@ -248,7 +248,8 @@ def cmd_evidence(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = EvidenceConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed, num_queries=args.num_queries,
-                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            prompt_cache_mb=args.prompt_cache_mb)
     run_evidence(args.out, backbone=args.backbone, wordnet_dir=args.wordnet_dir, config=config,
                  methods=args.methods.split(","))
     print(f"slq: report written to {args.out / 'report.json'}, plot to {args.out / 'recall.png'}")
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=evidence.lr, help="SLQ learning rate; LoRA uses a tenth "
                                                                  "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=evidence.seed, help="(default: %(default)s)")
+    p.add_argument("--prompt-cache-mb", type=float, default=evidence.prompt_cache_mb,
+                   help="RAM for SLQ's prompt keys/values reused across epochs (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=cmd_evidence)
 

@@ -44,6 +44,7 @@ class EvidenceConfig:
     batch_size: int = 64
     lr: float = 1e-3  # SLQ's; LoRA uses lr / 10 as in `slq compare`
     eval_batch_size: int = 64
+    prompt_cache_mb: float = 8000  # SLQ's prompt keys/values kept for epoch 2 (about 3.5 GB for Gemma, fp32)
 
 
 def gemma_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -86,7 +87,7 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
     if backbone_dir.suffix.lower() == ".gguf":
         backbone_dir = convert_gguf(backbone_dir)
     train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
-                               lr=config.lr, seed=config.seed)
+                               lr=config.lr, seed=config.seed, prompt_cache_mb=config.prompt_cache_mb)
     log(f"[3/3] {', '.join(methods)}: each trains {config.epochs} epochs of batch {config.batch_size} "
         "where it trains, in a process of its own")
     began = time.perf_counter()
