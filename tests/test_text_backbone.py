@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,26 +51,25 @@ def test_text_backbone_loads_as_causal_lm(tiny_dirs):
         backbone.image_batch([])
 
 
-def test_base_lm_without_chat_template_gets_plain_prompts(tiny_dirs, tmp_path):
-    folder = tmp_path / "base"
+def without_chat_template(checkpoint: Path, folder: Path) -> Path:
+    """A copy of a checkpoint folder whose chat template is gone (as in a base LM's)."""
     folder.mkdir()
-    for item in Path(tiny_dirs["gemma3_text"]).iterdir():
+    for item in Path(checkpoint).iterdir():
         if item.name != "chat_template.jinja":
             (folder / item.name).write_bytes(item.read_bytes())
-    backbone = Backbone.load(folder)
+    return folder
+
+
+def test_base_lm_without_chat_template_gets_plain_prompts(tiny_dirs, tmp_path):
+    backbone = Backbone.load(without_chat_template(tiny_dirs["gemma3_text"], tmp_path / "base"))
     assert backbone.tokenizer.decode(backbone.text_batch(["a red circle"]).input_ids[0]) == "a red circle"
     queries = SLQRetriever.fresh(backbone, num_queries=3).encode_text(["a red circle", "two cats"])
     assert queries.shape == (2, backbone.hidden_size)
 
 
 def test_vision_language_template_is_still_required(tiny_dirs, tmp_path):
-    folder = tmp_path / "vl"
-    folder.mkdir()
-    for item in Path(tiny_dirs["qwen2_vl"]).iterdir():
-        if item.name != "chat_template.jinja":
-            (folder / item.name).write_bytes(item.read_bytes())
     with pytest.raises(SLQError, match="no chat template"):
-        Backbone.load(folder)
+        Backbone.load(without_chat_template(tiny_dirs["qwen2_vl"], tmp_path / "vl"))
 
 
 def test_text_records_round_trip_and_kinds_do_not_mix(tmp_path, shapes_jsonl):
@@ -132,6 +132,11 @@ def test_cli_trains_and_evaluates_text_pairs(tiny_dirs, pairs_jsonl, tmp_path):
         "--report", report_path)
     report = json.loads(report_path.read_text())
     assert report["n_images"] == report["n_texts"] == len(PAIRS)
+    slq("embed", "--backbone", tiny_dirs["gemma3_text"], "--adapter", adapter, "--images", pairs_jsonl,
+        "--out", tmp_path / "words.npy")  # a text-pair dataset's targets: its words
+    words = np.load(tmp_path / "words.npy")
+    expected = SLQRetriever.from_pretrained(tiny_dirs["gemma3_text"], adapter).encode_text([w for w, _ in PAIRS])
+    assert words.shape == (len(PAIRS), 32) and np.allclose(words, expected, atol=1e-5)
     proc = slq("train", "--backbone", tiny_dirs["gemma3_text"], "--train", Path(__file__).parent / "conftest.py",
                "--out", tmp_path / "x", check=False)
     assert proc.returncode == 2

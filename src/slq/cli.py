@@ -188,7 +188,7 @@ def cmd_embed(args) -> None:
     if args.texts is not None:
         embeddings = retriever.encode_text(items, batch_size=args.batch_size, show_progress_bar=None)
     else:
-        embeddings = retriever.encode_image(items, batch_size=args.batch_size, show_progress_bar=None)
+        embeddings = retriever.encode_targets(items, batch_size=args.batch_size, show_progress_bar=None)
     buffer = io.BytesIO()
     np.save(buffer, embeddings.astype(np.float32))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--texts", type=Path, help="text file, one text per line (row i = line i)")
     source.add_argument("--images", type=Path,
-                        help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order)")
+                        help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order; "
+                             "its targets: images, or the texts of a text-pair dataset)")
     p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
     p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
                    help="with a .jsonl: stop at a bad record (error, default) or leave it out and list it (skip)")
