@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 
 from slq.errors import SLQError
-from slq.evidence import EVIDENCE_METHODS, gemma_gguf, with_direction_names
+from slq.evidence import EVIDENCE_METHODS, EvidenceConfig, gemma_gguf, run_evidence, with_direction_names
 from test_cli import slq
 from test_wordnet import write_fixture
 
@@ -34,6 +35,24 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
     test_words = [json.loads(line)["text"] for line in (out / "wordnet" / "test.jsonl").read_text().splitlines()]
     train_words = [json.loads(line)["text"] for line in (out / "wordnet" / "train.jsonl").read_text().splitlines()]
     assert len(test_words) == 2 and not set(test_words) & set(train_words)
+
+
+def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
+    """rows.json is the crash record: same settings reuse its rows, other settings ignore them."""
+    wordnet = write_fixture(tmp_path / "wordnet")
+    out = tmp_path / "evidence"
+    config = EvidenceConfig(n_train=3, n_test=2, batch_size=2, num_queries=2)
+    quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False, log=lambda *_: None)
+    run_evidence(out, config=config, methods=["zero_shot_mean"], **quiet)
+    saved = json.loads((out / "rows.json").read_text())
+    saved["rows"]["zero_shot_mean"]["t2i"]["R@1"] = 0.123  # a value no real run gives: proves reuse
+    (out / "rows.json").write_text(json.dumps(saved))
+    report = run_evidence(out, config=config, methods=["zero_shot_mean", "zero_shot_last_token"], jobs=2, **quiet)
+    assert report["methods"]["zero_shot_mean"]["d2w"]["R@1"] == 0.123
+    assert set(report["methods"]) == {"zero_shot_mean", "zero_shot_last_token"}
+    assert set(json.loads((out / "rows.json").read_text())["rows"]) == set(report["methods"])
+    other = run_evidence(out, config=replace(config, seed=1), methods=["zero_shot_mean"], **quiet)
+    assert other["methods"]["zero_shot_mean"]["d2w"]["R@1"] != 0.123
 
 
 def test_directions_are_renamed_for_the_task():

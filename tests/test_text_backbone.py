@@ -115,7 +115,8 @@ def test_isolated_compare_reports_peak_memory(tiny_dirs, pairs_jsonl):
     data = load_dataset(pairs_jsonl)
     report = compare(tiny_dirs["gemma3_text"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
                      methods=("zero_shot_last_token", "slq", "slq_random_init", "lora"), progress=False,
-                     isolate=True)
+                     isolate=True, jobs=2)
+    assert list(report["methods"]) == ["zero_shot_last_token", "slq", "slq_random_init", "lora"]  # asked order
     for name, row in report["methods"].items():
         assert row["peak_memory_mb"] > 50, (name, row)  # torch alone is more than that
     assert report["methods"]["slq"]["trainable_params"] == 4 * 32

@@ -208,8 +208,8 @@ def cmd_compare(args) -> None:
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
-                     baseline_lr=args.baseline_lr, isolate=args.isolate, dtype=getattr(torch, args.dtype),
-                     device=args.device, trust_remote_code=args.trust_remote_code)
+                     baseline_lr=args.baseline_lr, isolate=args.isolate or args.jobs > 1, jobs=args.jobs,
+                     dtype=getattr(torch, args.dtype), device=args.device, trust_remote_code=args.trust_remote_code)
     print(format_comparison(report))
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def cmd_evidence(args) -> None:
                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             prompt_cache_mb=args.prompt_cache_mb)
     run_evidence(args.out, backbone=args.backbone, wordnet_dir=args.wordnet_dir, config=config,
-                 methods=args.methods.split(","))
+                 methods=args.methods.split(","), jobs=args.jobs)
     print(f"slq: report written to {args.out / 'report.json'}, plot to {args.out / 'recall.png'}")
 
 
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
     p.add_argument("--isolate", action="store_true",
                    help="run each method in a process of its own and report its peak memory (peak_memory_mb)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="methods run at once, each in its own process (implies --isolate; default: 1)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the whole method on a generated shapes world, offline (what `make demo` runs)")
@@ -392,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=evidence.seed, help="(default: %(default)s)")
     p.add_argument("--prompt-cache-mb", type=float, default=evidence.prompt_cache_mb,
                    help="RAM for SLQ's prompt keys/values reused across epochs (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's choice)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="methods run at once, sharing the threads (default: 1; on a 2-core CPU, 2 is faster)")
     p.set_defaults(func=cmd_evidence)
 
     p = sub.add_parser("tiny-model", help="write a tiny random checkpoint folder of a family (for tests and smoke runs)")
