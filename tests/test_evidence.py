@@ -45,12 +45,12 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False, log=lambda *_: None)
     run_evidence(out, config=config, methods=["zero_shot_mean"], **quiet)
     saved = json.loads((out / "rows.json").read_text())
-    saved["rows"]["zero_shot_mean"]["t2i"]["R@1"] = 0.123  # a value no real run gives: proves reuse
+    saved["zero_shot_mean"]["row"]["t2i"]["R@1"] = 0.123  # a value no real run gives: proves reuse
     (out / "rows.json").write_text(json.dumps(saved))
     report = run_evidence(out, config=config, methods=["zero_shot_mean", "zero_shot_last_token"], jobs=2, **quiet)
     assert report["methods"]["zero_shot_mean"]["d2w"]["R@1"] == 0.123
     assert set(report["methods"]) == {"zero_shot_mean", "zero_shot_last_token"}
-    assert set(json.loads((out / "rows.json").read_text())["rows"]) == set(report["methods"])
+    assert set(json.loads((out / "rows.json").read_text())) == set(report["methods"])
     other = run_evidence(out, config=replace(config, seed=1), methods=["zero_shot_mean"], **quiet)
     assert other["methods"]["zero_shot_mean"]["d2w"]["R@1"] != 0.123
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .compare import compare, save_comparison
+from .compare import TRAINED, compare, save_comparison
 from .data import atomic_write, load_dataset
 from .errors import SLQError
 from .gguf import cache_root, convert_gguf
@@ -44,7 +44,8 @@ class EvidenceConfig:
     num_queries: int = 20
     epochs: int = 1  # one pass over the training words (62 steps): what 2 CPU cores finish within the hour
     batch_size: int = 64
-    lr: float = 2e-3  # SLQ's; LoRA uses lr / 10 as in `slq compare`
+    lr: float = 5e-3  # SLQ's learning rate (2e-3 was also run: see the README)
+    baseline_lr: float | None = 2e-4  # LoRA's; None: lr / 10 as in `slq compare`
     eval_batch_size: int = 64
     prompt_cache_mb: float = 8000  # with epochs > 1: SLQ's prompt keys/values kept (about 3.5 GB for Gemma)
 
@@ -94,22 +95,25 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
     train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
                                lr=config.lr, seed=config.seed,
                                prompt_cache_mb=config.prompt_cache_mb if config.epochs > 1 else 0.0)
-    settings = {"config": asdict(config), "backbone": str(backbone_dir), "wordnet": data}
-    done = _saved_rows(out / ROWS_FILE, settings, log)
+    settings = {m: method_settings(m, config, backbone_dir, data) for m in methods}
+    saved = _saved_rows(out / ROWS_FILE, log)
+    done = {m: entry["row"] for m, entry in saved.items() if m in settings and entry.get("settings") == settings[m]}
+    if done:
+        log(f"      kept from an earlier run with the same settings: {', '.join(done)} ({out / ROWS_FILE})")
     log(f"[3/3] {', '.join(m for m in methods if m not in done)}: each trains {config.epochs} epoch(s) of batch "
         f"{config.batch_size} where it trains, in a process of its own, {jobs} at a time")
 
     def save_row(method: str, row: dict) -> None:
-        done[method] = row
-        atomic_write(out / ROWS_FILE, json.dumps({"settings": settings, "rows": done}, indent=2) + "\n")
+        saved[method] = {"settings": settings[method], "row": row}
+        atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
         renamed = with_direction_names({"methods": {method: row}})["methods"][method]
         log(f"      {method}: d2w R@1 {renamed['d2w']['R@1']:.3f}, w2d R@1 {renamed['w2d']['R@1']:.3f}, "
             f"{row['train_seconds']:.0f} s training, {row['peak_memory_mb']:.0f} MB peak")
 
     began = time.perf_counter()
     report = compare(backbone_dir, train_data, test_data, train_config, methods=methods,
-                     batch_size=config.eval_batch_size, progress=progress, isolate=True, jobs=jobs,
-                     done=dict(done), on_row=save_row)
+                     baseline_lr=config.baseline_lr, batch_size=config.eval_batch_size, progress=progress,
+                     isolate=True, jobs=jobs, done=done, on_row=save_row)
     report = with_direction_names(report)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
                   minutes=round((time.perf_counter() - began) / 60, 1))
@@ -117,8 +121,21 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
     return report
 
 
-def _saved_rows(path: Path, settings: dict, log) -> dict:
-    """Rows an interrupted run with the same settings finished; {} when there are none (or others)."""
+def method_settings(method: str, config: EvidenceConfig, backbone_dir: Path, data: dict) -> dict:
+    """What one method's row depends on: a saved row is reused only while these are unchanged."""
+    settings = {"backbone": str(backbone_dir), "wordnet": data, "n_train": config.n_train, "n_test": config.n_test,
+                "seed": config.seed, "eval_batch_size": config.eval_batch_size}
+    if method in ("slq", "slq_random_init"):
+        settings.update(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
+                        lr=config.lr)
+    elif method in TRAINED:
+        settings.update(epochs=config.epochs, batch_size=config.batch_size,
+                        lr=config.baseline_lr or config.lr / 10)
+    return json.loads(json.dumps(settings))  # as read back from the file
+
+
+def _saved_rows(path: Path, log) -> dict:
+    """{method: {"settings", "row"}} from an earlier run's rows.json; {} when there is none."""
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
@@ -126,13 +143,10 @@ def _saved_rows(path: Path, settings: dict, log) -> dict:
     except (OSError, ValueError) as e:
         log(f"      ignoring {path}: unreadable ({e})")
         return {}
-    if not isinstance(saved, dict) or saved.get("settings") != json.loads(json.dumps(settings)):
-        log(f"      ignoring {path}: it was written with other settings")
+    if not isinstance(saved, dict) or not all(isinstance(v, dict) and "row" in v for v in saved.values()):
+        log(f"      ignoring {path}: not a rows file of this version")
         return {}
-    rows = saved.get("rows") or {}
-    if rows:
-        log(f"      kept from an earlier run with these settings: {', '.join(rows)} ({path})")
-    return dict(rows)
+    return saved
 
 
 def with_direction_names(report: dict) -> dict:
