@@ -40,7 +40,7 @@ $(WORDNET):
 	$(SUDO) apt-get install -y -qq wordnet-base
 
 evidence: $(EVIDENCE_STAMP) $(WORDNET)
-	$(BIN)/slq evidence --out runs/evidence
+	$(BIN)/slq evidence --out runs/evidence --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -67,8 +67,11 @@ def main(argv=None) -> int:
     print("[3/4] caption attribute accuracy on the test split", flush=True)
     accuracy = caption_attribute_accuracy(out, world["test"], progress=True)
     print(json.dumps({k: v for k, v in accuracy.items() if k != "samples"}), flush=True)
+    health = _health(out, world["test"])
+    print(f"      image tokens: {json.dumps(health)}", flush=True)
     info = {"pretrain_config": asdict(config), "minutes": minutes, "final_loss": result.history[-1]["loss"],
             "world": {"seed": args.seed, "n_train": args.n_train}, "caption_accuracy": accuracy,
+            "vision_health": health,
             "command": "python scripts/pretrain_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     info.update(_describe(out, args.image_side))
     if args.compare:
@@ -82,6 +85,20 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"checkpoint: {out} ({info['megabytes']:.1f} MB)")
     return 0
+
+
+def _health(out: Path, test_jsonl: Path, n: int = 64) -> dict:
+    from PIL import Image
+
+    from slq.backbone import Backbone
+    from slq.pretrain import vision_feature_health
+
+    records = [json.loads(line) for line in test_jsonl.read_text().splitlines() if line.strip()][:n]
+    images = []
+    for r in records:
+        with Image.open(test_jsonl.parent / r["image"]) as im:
+            images.append(im.convert("RGB"))
+    return vision_feature_health(Backbone.load(out), images)
 
 
 def _describe(out: Path, image_side: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -12,7 +13,8 @@ from safetensors.torch import load_file
 
 from slq.errors import SLQError
 from slq.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainConfig, _load_images, _load_world_text,
-                          build_initial_model, caption_attribute_accuracy, pretrain, score_caption, vqa_pairs)
+                          build_initial_model, caption_attribute_accuracy, listing, pretrain, score_caption,
+                          vision_feature_health, vqa_pairs)
 from slq.shapes import held_out_combos, write_world
 
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1)
@@ -77,13 +79,13 @@ def test_labels_cover_only_the_answer(run, world):
 
 def test_word_dropout_only_on_caption_and_paraphrase_answers(world):
     records, knowledge, held_out = _load_world_text(world)
-    data = GenerativeData(records, knowledge, held_out, PretrainConfig().mixture, noise_ids=[5, 6],
-                          noise_prob=0.5, noise_rate=0.8)
+    mixture = {"caption": 0.3, "listing": 0.1, "vqa": 0.3, "paraphrase": 0.15, "knowledge": 0.15}
+    data = GenerativeData(records, knowledge, held_out, mixture, noise_ids=[5, 6], noise_prob=0.5, noise_rate=0.8)
     examples = [e for step in range(20) for e in data.batch(0, step, 16)]
     noisy = [e for e in examples if e.noise]
-    assert 0.2 < len(noisy) / len(examples) < 0.5
+    assert 0.2 < len(noisy) / len(examples) < 0.35, "half of the 55% captions, listings and paraphrases"
     assert all(set(e.noise) <= {-1, 5, 6} and not e.lm and "?" not in e.text for e in noisy), \
-        "noise is drawn from the given ids, only for captions and paraphrases"
+        "noise is drawn from the given ids, only for captions, listings and paraphrases"
     dropped = sum(n >= 0 for e in noisy for n in e.noise) / sum(len(e.noise) for e in noisy)
     assert 0.7 < dropped < 0.9, f"about 80% of answer inputs dropped, got {dropped:.2f}"
 
@@ -170,3 +172,69 @@ def test_resume_continues_exactly(world, tmp_path, init):
     with pytest.raises(SLQError, match="other settings"):
         pretrain(tmp_path / "x", world, PretrainConfig(steps=3, **dict(FAST, save_every=2, lr=1e-3)),
                  work_dir=tmp_path / "work", progress=False)
+
+
+def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
+    before = load_file(init / "model.safetensors")
+    visual = [k for k in before if k.startswith("visual.")]
+    assert visual, "checkpoints name the tower's weights visual.*"
+    for name, settings, tower_moves in (("ratio0", dict(vision_lr_ratio=0.0, vision_freeze_steps=0), False),
+                                        ("frozen", dict(vision_lr_ratio=1.0, vision_freeze_steps=1), False),
+                                        ("free", dict(vision_lr_ratio=1.0, vision_freeze_steps=0), True)):
+        config = PretrainConfig(steps=1, **dict(FAST, merger_init_scale=1.0, **settings))  # no rescaling
+        pretrain(tmp_path / name, world, config, work_dir=_work(init, tmp_path / f"w{name}"), progress=False)
+        after = load_file(tmp_path / name / "model.safetensors")
+        moved = [k for k in visual if not torch.equal(before[k], after[k])]
+        assert bool(moved) == tower_moves, f"{name}: tower weights moved: {moved[:3]}"
+        assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]), \
+            f"{name}: the language model still learns"
+
+
+def test_merger_scale_and_pixel_statistics_reach_the_checkpoint(world, tmp_path, init):
+    config = PretrainConfig(steps=1, **dict(FAST, lr=1e-9, merger_init_scale=0.25, image_mean=[0.9, 0.9, 0.9],
+                                            image_std=[0.2, 0.2, 0.2]))
+    work = tmp_path / "w"
+    pretrain(tmp_path / "m", world, config, work_dir=work, progress=False)
+    processor = json.loads((tmp_path / "m" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.9, 0.9, 0.9] and processor["image_std"] == [0.2, 0.2, 0.2]
+    key = "visual.merger.mlp.2.weight"
+    start = load_file(work / "init" / "model.safetensors")[key]
+    end = load_file(tmp_path / "m" / "model.safetensors")[key]
+    assert torch.allclose(end, 0.25 * start, atol=1e-6), "the merger's output layer starts scaled"
+
+
+def test_feature_health_sees_a_collapsed_tower(run, world):
+    from slq.backbone import Backbone
+
+    backbone = Backbone.load(run[0])
+    records, _, _ = _load_world_text(world)
+    images = _load_images(world, records[:4])
+    health = vision_feature_health(backbone, images)
+    assert health["feature_norm"] > 0 and -1 <= health["within_image_cos"] <= 1
+    with torch.no_grad():  # a tower whose output ignores its input: every token is the merger's bias
+        backbone.model.model.visual.merger.mlp[-1].weight.zero_()
+        backbone.model.model.visual.merger.mlp[-1].bias.fill_(1.0)
+    collapsed = vision_feature_health(backbone, images)
+    assert collapsed["within_image_cos"] > 0.999 and collapsed["across_image_cos"] > 0.999
+
+
+def test_bad_vision_settings_are_named():
+    with pytest.raises(SLQError, match="vision_lr_ratio"):
+        PretrainConfig(vision_lr_ratio=-1.0)
+    with pytest.raises(SLQError, match="merger_init_scale"):
+        PretrainConfig(merger_init_scale=0.0)
+
+
+def test_listing_names_every_object_in_reading_order(world):
+    objects = [{"shape": "star", "colour": "red", "size": "small"},
+               {"shape": "circle", "colour": "blue", "size": "large"},
+               {"shape": "star", "colour": "red", "size": "small"}]
+    assert listing(objects) == "a small red star, a large blue circle and a small red star"
+    assert listing(objects[:1]) == "a small red star"
+    records, knowledge, held_out = _load_world_text(world)
+    for r in records:
+        assert score_caption(listing(r["objects"]), r["objects"])["pair"] == [len(r["objects"])] * 2, \
+            "a listing is a fully correct caption"
+    data = GenerativeData(records, knowledge, held_out, {"listing": 1.0})
+    assert all(e.image is not None and e.text == "" and e.answer == listing(records[e.image]["objects"])
+               for e in data.batch(0, 0, 8)), "a listing is asked with slq's image prompt"

@@ -3,30 +3,51 @@
 SLQ *elicits* retrieval from what a multimodal LLM already knows, and no vision-language weights
 can be downloaded here, so slq pretrains its own tiny one on the shapes world, the way real MLLMs
 are trained: only next-token prediction, never a contrastive objective. Each step draws a batch
-mixing four generative tasks (`TASKS`):
+mixing generative tasks (`TASKS`; `PretrainConfig.mixture` says which, listing is not in the default):
 
     caption     user: <image>                      assistant: one of the image's captions
+    listing     user: <image>                      assistant: every object, reading order ("a small red star and ...")
     vqa         user: <image> + a short question   assistant: a short answer (from the record's objects)
     paraphrase  user: a caption                    assistant: another caption of the same image
     knowledge   user: a fact of `knowledge_corpus` (language modelling on every token)
 
-The caption prompt is exactly the prompt slq builds for an image (no instruction text), and the
-paraphrase prompt exactly the one it builds for a caption, so the assistant opener, where the
-latent queries go, is where the model has learnt to say what the input shows. Loss falls on the
-assistant's tokens (and on every token of a knowledge sentence). Held-out colour-shape pairs never
-appear: captions come from the world's train split and no question names a held-out pair.
+The caption and listing prompts are exactly the prompt slq builds for an image (no instruction
+text), and the paraphrase prompt exactly the one it builds for a caption, so the assistant opener,
+where the latent queries go, is where the model has learnt to say what the input shows. Loss falls
+on the assistant's tokens (and on every token of a knowledge sentence). Held-out colour-shape pairs
+never appear: captions come from the world's train split and no question names a held-out pair.
 
-Word dropout: in half of the caption and paraphrase examples, each input token of the answer is
-replaced by a random token with probability 0.8, while the targets stay the true answer (Bowman et
-al.'s word dropout). A large MLLM keeps describing its input whatever odd tokens follow the
-assistant opener; a tiny model trained on a narrow world may not, and appended queries are exactly
-such unfamiliar tokens. With its inputs dropped, the model must say the k-th word of the answer
-from the prompt alone, so its states there should carry what the input shows. It is still plain
-next-token prediction of the answer. (Status: not yet shown to help; see the issue's report.)
+Word dropout: in half of the caption, listing and paraphrase examples, each input token of the
+answer is replaced by a random token with probability 0.8, while the targets stay the true answer
+(Bowman et al.'s word dropout), so the states after the opener must carry what the input shows
+whatever odd tokens follow it, as appended queries will be. It is still next-token prediction.
+
+What we learnt about the vision tower (issue 3; numbers in the model card and the issue's report):
+
+* Trained jointly from step 0 at the language model's learning rate, the tower collapses: the
+  image tokens' norm grows from ~1.6 to ~100 within 500 steps and every token of every image ends
+  up the same vector (cosine 1.0). Greedy captions stay at chance (the model names the same colour
+  and shape for every image). A linear probe shows why it is not just a scale problem: as the tower
+  learns before the language model reads it, it *discards* colour information (probe accuracy for
+  "is there a red object" falls from 0.82 at initialisation towards the majority rate). The growing
+  constant component behaves like an attention sink.
+* What keeps the image tokens healthy (norm near the word embeddings', distinct tokens): the
+  processor normalises pixels with the world's statistics (`WORLD_PIXEL_MEAN/STD`; with CLIP's,
+  the white background gives every patch the same large offset), the merger's output layer starts
+  scaled to the word-embedding scale (`merger_init_scale`), and the tower has its own AdamW group
+  (`vision_lr_ratio`, `vision_weight_decay`), stays frozen for the first `vision_freeze_steps`
+  while the language model learns to read it, and is clipped separately so its large early
+  gradients do not shrink the language model's steps.
+* Healthy tokens were not enough: within 500-1000 steps the language model did not learn to read
+  even a frozen random tower (captions at chance), and once the tower is unfrozen it collapses
+  again within a few hundred steps. Not yet shown to help (no full run finished): `listing`, whose
+  every word after the first is fixed by the image, a far denser visual signal than the world's
+  captions (random templates and order) or one-word VQA answers; and a longer freeze.
 
 Every batch is a pure function of (seed, step), so a run is deterministic and a resumed run sees
 exactly the batches it would have seen. `caption_attribute_accuracy` scores greedy captions of
-test images against the record's objects: the "capability preserved" check.
+test images against the record's objects (the "capability" check) and `vision_feature_health`
+says whether the image tokens collapsed.
 """
 
 from __future__ import annotations
@@ -52,7 +73,7 @@ from .families import family_for
 from .shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES, held_out_combos
 from .tiny import build_tiny_model, save_folder
 
-TASKS = ("caption", "vqa", "paraphrase", "knowledge")
+TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge")
 IGNORE = -100  # label of tokens that carry no loss
 _MAX_ANSWER_TOKENS = 64  # word dropout covers answers up to this long (captions are about 5-20 tokens)
 
@@ -68,13 +89,24 @@ MODEL_OVERRIDES = {
 }
 
 
-def image_processor_overrides(image_side: int) -> dict:
+def image_processor_overrides(image_side: int, image_mean: Sequence[float] | None = None,
+                              image_std: Sequence[float] | None = None) -> dict:
     assert image_side % 16 == 0, f"image_side must be a multiple of patch 8 x merge 2, got {image_side}"
-    return {"patch_size": 8, "merge_size": 2,
-            "size": {"shortest_edge": image_side * image_side, "longest_edge": image_side * image_side}}
+    overrides = {"patch_size": 8, "merge_size": 2,
+                 "size": {"shortest_edge": image_side * image_side, "longest_edge": image_side * image_side}}
+    if image_mean is not None:
+        overrides["image_mean"] = list(image_mean)
+    if image_std is not None:
+        overrides["image_std"] = list(image_std)
+    return overrides
 
 
 VOCAB_SIZE = 1024
+# Per-channel mean and std of the shapes world's pixels (train split, seed 0; near-white backgrounds):
+# with them the background is about 0 and a coloured object far from it, where CLIP's statistics
+# leave every patch dominated by the same large background offset.
+WORLD_PIXEL_MEAN = (0.95, 0.93, 0.92)
+WORLD_PIXEL_STD = (0.14, 0.16, 0.19)
 
 
 @dataclass
@@ -82,21 +114,27 @@ class PretrainConfig:
     """Settings of one pretraining run; stored in the model card."""
 
     seed: int = 0  # model initialisation and every batch
-    steps: int = 2500  # optimizer steps
+    steps: int = 3000  # optimizer steps
     batch_size: int = 32  # examples per step, tasks mixed
     lr: float = 2e-3  # peak AdamW learning rate
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    mixture: dict = field(default_factory=lambda: {"caption": 0.4, "vqa": 0.3, "paraphrase": 0.15,
-                                                   "knowledge": 0.15})  # task -> share of examples
+    mixture: dict = field(default_factory=lambda: {"caption": 0.3, "vqa": 0.5, "paraphrase": 0.1,
+                                                   "knowledge": 0.1})  # task -> share of examples
     noise_prob: float = 0.5  # share of caption/paraphrase examples whose answer *inputs* are corrupted
     noise_rate: float = 0.8  # in such an example, each answer input token becomes a random token with this chance
     save_every: int = 500  # steps between resumable checkpoints (0 = none)
     threads: int = 1  # torch threads: results are reproducible for a given count; two threads gain
     # little on a model this small and slow down badly when another process shares the cores
     image_side: int = 64  # the processor resizes images to this square: (image_side / 16)^2 tokens
+    vision_lr_ratio: float = 0.3  # the vision tower (model.visual) learns at lr * vision_lr_ratio
+    vision_freeze_steps: int = 800  # the vision tower stays at its initialisation for this many first steps
+    vision_weight_decay: float = 0.05  # AdamW weight decay of the vision tower
+    merger_init_scale: float = 0.2  # at initialisation, scale the merger's output layer by this factor
+    image_mean: list | None = field(default_factory=lambda: list(WORLD_PIXEL_MEAN))  # processor's (None: CLIP's)
+    image_std: list | None = field(default_factory=lambda: list(WORLD_PIXEL_STD))  # processor's (None: CLIP's)
 
     def __post_init__(self):
         def need(ok: bool, name: str, rule: str):
@@ -113,6 +151,13 @@ class PretrainConfig:
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(0 <= self.noise_prob <= 1, "noise_prob", "must lie in [0, 1]")
         need(0 <= self.noise_rate <= 1, "noise_rate", "must lie in [0, 1]")
+        need(math.isfinite(self.vision_lr_ratio) and self.vision_lr_ratio >= 0, "vision_lr_ratio",
+             "must be a number >= 0")
+        need(isinstance(self.vision_freeze_steps, int) and self.vision_freeze_steps >= 0, "vision_freeze_steps",
+             "must be an integer >= 0")
+        need(self.vision_weight_decay >= 0, "vision_weight_decay", "must be >= 0")
+        need(math.isfinite(self.merger_init_scale) and self.merger_init_scale > 0, "merger_init_scale",
+             "must be a positive number")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +219,14 @@ def vqa_pairs(objects: Sequence[dict], held_out: frozenset, rng: random.Random) 
     return pairs
 
 
+def listing(objects: Sequence[dict]) -> str:
+    """Every object in reading order with all its attributes: "a small red circle and a large blue
+    star". Unlike the world's captions (random templates, random order, some objects left out), every
+    word after the first is fixed by the image, so its whole loss is about what the image shows."""
+    phrases = [f"{'an' if o['size'][0] in 'aeiou' else 'a'} {o['size']} {o['colour']} {o['shape']}" for o in objects]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
 class GenerativeData:
     """The four tasks over a world's training records; `batch(seed, step)` is deterministic."""
 
@@ -197,6 +250,8 @@ class GenerativeData:
         record = self.records[index]
         if task == "caption":
             return Example(index, "", rng.choice(record["captions"]), noise=self._noise(rng))
+        if task == "listing":
+            return Example(index, "", listing(record["objects"]), noise=self._noise(rng))
         if task == "paraphrase":
             first, second = rng.sample(range(len(record["captions"])), 2)
             return Example(None, record["captions"][first], record["captions"][second], noise=self._noise(rng))
@@ -287,6 +342,17 @@ def _lr_factor(step: int, config: PretrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _param_groups(model, config: PretrainConfig) -> list[dict]:
+    """The language model and the vision tower as two AdamW groups (own lr ratio, own weight decay)."""
+    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    ids = {id(p) for p in visual}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    assert visual and rest, "slq-tiny-vl must have a vision tower (model.visual) and a language model"
+    return [{"params": rest, "weight_decay": config.weight_decay, "lr_ratio": 1.0, "vision": False},
+            {"params": visual, "weight_decay": config.vision_weight_decay, "lr_ratio": config.vision_lr_ratio,
+             "vision": True}]
+
+
 def _load_world_text(world_dir: Path) -> tuple[list[dict], list[str], frozenset]:
     """Training records, knowledge sentences and held-out pairs of a world folder."""
     records = [json.loads(line) for line in (world_dir / "train.jsonl").read_text().splitlines() if line.strip()]
@@ -315,10 +381,11 @@ def tokenizer_corpus(world_dir: str | os.PathLike) -> list[str]:
 
 
 def build_initial_model(out_dir: str | os.PathLike, world_dir: str | os.PathLike, *, seed: int,
-                        image_side: int = 64) -> Path:
+                        image_side: int = 64, image_mean: Sequence[float] | None = None,
+                        image_std: Sequence[float] | None = None) -> Path:
     """The randomly initialised slq-tiny-vl, with a tokenizer trained on the world's texts."""
     return build_tiny_model("qwen2_vl", out_dir, seed=seed, vocab_size=VOCAB_SIZE, config_overrides=MODEL_OVERRIDES,
-                            image_processor_overrides=image_processor_overrides(image_side),
+                            image_processor_overrides=image_processor_overrides(image_side, image_mean, image_std),
                             corpus=tokenizer_corpus(world_dir), overwrite=True)
 
 
@@ -357,7 +424,8 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
     torch.manual_seed(config.seed)
     init, ckpt = work / "init", work / "checkpoint"
     if not (init / "config.json").is_file():
-        build_initial_model(init, world, seed=config.seed, image_side=config.image_side)
+        build_initial_model(init, world, seed=config.seed, image_side=config.image_side,
+                            image_mean=config.image_mean, image_std=config.image_std)
     start = 0
     source = ckpt if resume and (ckpt / "state.json").is_file() else init
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
@@ -371,8 +439,10 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
                           noise_ids=[i for i in range(len(tokenizer)) if i not in special],
                           noise_prob=config.noise_prob, noise_rate=config.noise_rate)
     collate = Collator(model, tokenizer, image_processor, images)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.98))
+    if source is init and config.merger_init_scale != 1.0:
+        with torch.no_grad():
+            model.model.visual.merger.mlp[-1].weight.mul_(config.merger_init_scale)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, betas=(0.9, 0.98))
     history: list[dict] = []
     if source is ckpt:
         state = json.loads((ckpt / "state.json").read_text())
@@ -388,12 +458,14 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
                disable=None if progress is None else not progress, mininterval=2.0)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, config)
+            frozen = group["vision"] and step < config.vision_freeze_steps
+            group["lr"] = 0.0 if frozen else config.lr * group["lr_ratio"] * _lr_factor(step, config)
         batch = collate(data.batch(config.seed, step, config.batch_size))
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for group in optimizer.param_groups:  # per group: the tower's large early gradients must not
+            torch.nn.utils.clip_grad_norm_(group["params"], config.grad_clip)  # shrink the LM's steps
         optimizer.step()
         if step % 10 == 0 or step == config.steps - 1:
             history.append({"step": step, "loss": round(loss.item(), 4), "lr": optimizer.param_groups[0]["lr"]})
@@ -484,6 +556,32 @@ def generate_captions(backbone, images: Sequence[Image.Image], *, max_new_tokens
             for row in out]
 
 
+@torch.no_grad()
+def vision_feature_health(backbone, images: Sequence[Image.Image]) -> dict:
+    """How the image tokens the language model receives look: their mean norm against the word
+    embeddings' (`norm_ratio`), the mean cosine between two tokens of one image (`within_image_cos`;
+    near 1 means the image collapsed to one vector) and between the mean tokens of two images
+    (`across_image_cos`; near 1 means all images look alike)."""
+    inputs = backbone.family.image_inputs(backbone.config, backbone.tokenizer, backbone.image_processor, images)
+    grid = inputs.model_inputs["image_grid_thw"]
+    out = backbone.model.model.get_image_features(inputs.model_inputs["pixel_values"], grid)
+    features = out.pooler_output if hasattr(out, "pooler_output") else out
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features  # (sum tokens, D)
+    per_image = features.view(len(images), -1, features.shape[-1])  # (N, T, D), equal sizes in this world
+    unit = torch.nn.functional.normalize(per_image, dim=-1)
+    tokens = per_image.shape[1]
+    within = ((unit @ unit.transpose(1, 2)).sum((1, 2)) - tokens) / (tokens * (tokens - 1))  # (N,)
+    means = torch.nn.functional.normalize(per_image.mean(1), dim=-1)  # (N, D)
+    across = (means @ means.T).fill_diagonal_(0).sum() / (len(images) * (len(images) - 1))
+    from .queries import ordinary_token_ids
+
+    words = backbone.input_embeddings.weight[ordinary_token_ids(backbone)]  # (V', D)
+    return {"feature_norm": round(per_image.norm(dim=-1).mean().item(), 4),
+            "word_norm": round(words.norm(dim=-1).mean().item(), 4),
+            "norm_ratio": round((per_image.norm(dim=-1).mean() / words.norm(dim=-1).mean()).item(), 3),
+            "within_image_cos": round(within.mean().item(), 4), "across_image_cos": round(across.item(), 4)}
+
+
 def caption_attribute_accuracy(model_dir: str | os.PathLike, test_jsonl: str | os.PathLike, *,
                                limit: int | None = None, batch_size: int = 32, max_new_tokens: int = 32,
                                progress: bool | None = None) -> dict:
@@ -521,6 +619,16 @@ def caption_attribute_accuracy(model_dir: str | os.PathLike, test_jsonl: str | o
 # Model card
 
 
+_TASK_CARD = {
+    "caption": "user = the image alone (exactly slq's image prompt), assistant = one of its captions",
+    "listing": "user = the image alone, assistant = every object with size, colour and shape in reading order",
+    "vqa": "user = the image and a question (colour, shape, size, position, counts, yes/no), assistant = a "
+           "one-word answer",
+    "paraphrase": "user = a caption (exactly slq's text prompt), assistant = another caption of the same image",
+    "knowledge": "language modelling on the world's knowledge corpus",
+}
+
+
 def model_card(info: dict) -> str:
     """README.md of the checkpoint folder, rendered from what the run recorded."""
     cfg, acc = info["pretrain_config"], info.get("caption_accuracy")
@@ -544,15 +652,16 @@ def model_card(info: dict) -> str:
         "held-out colour-shape pairs never appear (not in images, captions or questions)",
         "- tasks (next-token loss on the assistant's tokens; on every token for facts), mixture "
         + ", ".join(f"{k} {v:.0%}" for k, v in cfg["mixture"].items()) + ":",
-        "  - caption: user = the image alone (exactly slq's image prompt), assistant = one of its captions",
-        "  - vqa: user = the image and a question (colour, shape, size, position, counts, yes/no), "
-        "assistant = a one-word answer",
-        "  - paraphrase: user = a caption (exactly slq's text prompt), assistant = another caption of the same image",
-        "  - knowledge: language modelling on the world's knowledge corpus",
-        f"  - word dropout: in {cfg['noise_prob']:.0%} of caption and paraphrase examples each answer *input* "
+        *[f"  - {task}: {_TASK_CARD[task]}" for task in TASKS if cfg["mixture"].get(task)],
+        f"  - word dropout: in {cfg['noise_prob']:.0%} of caption, listing and paraphrase examples each answer *input* "
         f"token is replaced by a random token with probability {cfg['noise_rate']}, the targets unchanged, so "
         "the model keeps describing its input whatever tokens follow the assistant opener (where SLQ appends "
         "its queries)",
+        f"- vision tower: pixels normalised with mean {cfg.get('image_mean')} and std {cfg.get('image_std')} "
+        f"(None: CLIP's); the merger's output layer scaled by {cfg.get('merger_init_scale', 1.0)} at initialisation; "
+        f"frozen for the first {cfg.get('vision_freeze_steps', 0)} steps, then learning rate x"
+        f"{cfg.get('vision_lr_ratio', 1.0)}, weight decay {cfg.get('vision_weight_decay', cfg['weight_decay'])}; "
+        "gradients clipped per group (language model, vision tower)",
         f"- {cfg['steps']} steps of {cfg['batch_size']} examples, AdamW lr {cfg['lr']} (warmup "
         f"{cfg['warmup_steps']}, cosine to {cfg['min_lr_ratio']}x), weight decay {cfg['weight_decay']}, "
         f"seed {cfg['seed']}; {info['minutes']:.1f} minutes with {cfg['threads']} CPU thread(s); final loss "
@@ -570,6 +679,12 @@ def model_card(info: dict) -> str:
                                    for k in ("colour", "shape", "pair", "count", "all_correct")) + " |", ""]
         lines += ["Samples:", ""] + [f"- `{s['image']}`: \"{s['caption']}\" (a true caption: \"{s['truth']}\")"
                                      for s in acc["samples"][:4]] + [""]
+    health = info.get("vision_health")
+    if health:
+        lines += [f"Image tokens of 64 test images (`slq.pretrain.vision_feature_health`): mean norm "
+                  f"{health['feature_norm']} ({health['norm_ratio']}x the word embeddings'), cosine between two "
+                  f"tokens of one image {health['within_image_cos']}, between the mean tokens of two images "
+                  f"{health['across_image_cos']}.", ""]
     if info.get("comparison"):
         lines += ["## Retrieval elicited by SLQ", "", info["comparison_command"], "", "```",
                   info["comparison"], "```", ""]
