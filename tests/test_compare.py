@@ -8,7 +8,7 @@ import pytest
 
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
-from slq.compare import METHODS, compare, random_twin
+from slq.compare import METHODS, compare, format_comparison, random_twin
 from slq.data import load_jsonl
 from slq.demo import DEMO_METHODS, run_demo
 from slq.errors import SLQError
@@ -35,6 +35,20 @@ def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     assert report["methods"]["slq"]["trainable_params"] == 4 * 32
     assert report["methods"]["lora"]["trainable_params"] < report["methods"]["full_ft"]["trainable_params"]
     assert report["chance_R@1"] == 1 / 16
+
+
+def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl):
+    """Settings are chosen on --val: each method's val recall comes from the same encoder as its row."""
+    data = load_jsonl(shapes_jsonl)
+    report = compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
+                     methods=["zero_shot_mean", "slq"], progress=False, val_data=data)
+    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["val"] == data.name
+    for name, row in report["methods"].items():
+        assert "val" not in row
+        assert report["validation"][name] == {"t2i": row["t2i"], "i2t": row["i2t"]}  # same data, same encoder
+    assert "validation" in format_comparison(report)
+    assert "validation" not in compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8),
+                                       methods=["zero_shot_mean"], progress=False)
 
 
 def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):

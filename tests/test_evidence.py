@@ -20,7 +20,7 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
     wordnet = write_fixture(tmp_path / "wordnet")  # 5 usable pairs
     out = tmp_path / "evidence"
     proc = slq("evidence", "--out", out, "--backbone", tiny_dirs["gemma3_text"], "--wordnet-dir", wordnet,
-               "--n-train", 3, "--n-test", 2, "--batch-size", 2, "--epochs", 1, "--num-queries", 2, "--threads", 1)
+               "--n-train", 2, "--n-val", 1, "--n-test", 2, "--batch-size", 2, "--epochs", 1, "--num-queries", 2, "--threads", 1)
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == list(EVIDENCE_METHODS)
     for name, row in report["methods"].items():
@@ -29,19 +29,23 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
         assert row["peak_memory_mb"] > 50
     assert report["methods"]["slq"]["trainable_params"] == 2 * 32
     assert report["methods"]["lora"]["trainable_params"] > report["methods"]["slq"]["trainable_params"]
-    assert report["wordnet"]["train"] == 3 and report["wordnet"]["test"] == 2
+    assert (report["wordnet"]["train"], report["wordnet"]["val"], report["wordnet"]["test"]) == (2, 1, 2)
+    assert set(report["validation"]) == set(EVIDENCE_METHODS)
+    assert all(set(v) == {"d2w", "w2d"} for v in report["validation"].values())
     assert (out / "recall.png").read_bytes()[:4] == b"\x89PNG"
     assert "d2w R@1" in proc.stdout and "peak MB" in (out / "table.txt").read_text()
     test_words = [json.loads(line)["text"] for line in (out / "wordnet" / "test.jsonl").read_text().splitlines()]
     train_words = [json.loads(line)["text"] for line in (out / "wordnet" / "train.jsonl").read_text().splitlines()]
+    val_words = [json.loads(line)["text"] for line in (out / "wordnet" / "val.jsonl").read_text().splitlines()]
     assert len(test_words) == 2 and not set(test_words) & set(train_words)
+    assert len(val_words) == 1 and not set(val_words) & (set(test_words) | set(train_words))
 
 
 def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     """rows.json is the crash record: same settings reuse its rows, other settings ignore them."""
     wordnet = write_fixture(tmp_path / "wordnet")
     out = tmp_path / "evidence"
-    config = EvidenceConfig(n_train=3, n_test=2, batch_size=2, num_queries=2)
+    config = EvidenceConfig(n_train=3, n_test=2, n_val=0, batch_size=2, num_queries=2)
     quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False, log=lambda *_: None)
     run_evidence(out, config=config, methods=["zero_shot_mean"], **quiet)
     saved = json.loads((out / "rows.json").read_text())

@@ -156,19 +156,33 @@ def test_mentions(word, definition, leaks):
 
 def test_split_disjoint_seeded_and_sized():
     pairs = synthetic_pairs(60)
-    train, test = split_pairs(pairs, n_train=40, n_test=15, seed=0)
-    assert (len(train), len(test)) == (40, 15)
+    train, val, test = split_pairs(pairs, n_train=40, n_test=15, seed=0)
+    assert (len(train), len(val), len(test)) == (40, 0, 15)
     assert not {p.word for p in train} & {p.word for p in test}
-    assert split_pairs(pairs, n_train=40, n_test=15, seed=0) == (train, test)
-    assert split_pairs(pairs, n_train=40, n_test=15, seed=1)[1] != test
-    rest, test_again = split_pairs(pairs, n_train=None, n_test=15, seed=0)
+    assert split_pairs(pairs, n_train=40, n_test=15, seed=0) == (train, val, test)
+    assert split_pairs(pairs, n_train=40, n_test=15, seed=1)[2] != test
+    rest, _, test_again = split_pairs(pairs, n_train=None, n_test=15, seed=0)
     assert test_again == test and len(rest) == 45 and set(train) <= set(rest)
 
 
+def test_split_validation_words_are_disjoint_and_leave_train_and_test_alone():
+    pairs = synthetic_pairs(60)
+    train, val, test = split_pairs(pairs, n_train=40, n_test=15, n_val=5, seed=0)
+    assert (len(train), len(val), len(test)) == (40, 5, 15)
+    words = [{p.word for p in part} for part in (train, val, test)]
+    assert not (words[0] & words[1] or words[1] & words[2] or words[0] & words[2])
+    assert (train, test) == split_pairs(pairs, n_train=40, n_test=15, seed=0)[::2]
+    rest, val_rest, test_rest = split_pairs(pairs, n_train=None, n_test=15, n_val=5, seed=0)
+    assert test_rest == test and len(rest) == 40 and len(val_rest) == 5 and not {p.word for p in rest} & {
+        p.word for p in val_rest}
+
+
 def test_split_not_enough_pairs_names_the_numbers():
-    with pytest.raises(SLQError, match=r"40 train \+ 25 test = 65 pairs, but only 60"):
+    with pytest.raises(SLQError, match=r"40 train \+ 0 val \+ 25 test = 65 pairs, but only 60"):
         split_pairs(synthetic_pairs(60), n_train=40, n_test=25, seed=0)
-    with pytest.raises(SLQError, match="n_train=-1, n_test=5"):
+    with pytest.raises(SLQError, match=r"40 train \+ 10 val \+ 15 test = 65 pairs, but only 60"):
+        split_pairs(synthetic_pairs(60), n_train=40, n_test=15, n_val=10, seed=0)
+    with pytest.raises(SLQError, match="n_train=-1, n_val=0, n_test=5"):
         split_pairs(synthetic_pairs(60), n_train=-1, n_test=5, seed=0)
 
 
@@ -193,6 +207,16 @@ def test_write_wordnet_jsonl(tmp_path):
         "test_path": str(tmp_path / "out" / "test.jsonl"),
     }
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    assert not (tmp_path / "out" / "val.jsonl").exists()
+
+
+def test_write_wordnet_validation_file(tmp_path):
+    summary = write_wordnet(tmp_path / "out", write_fixture(tmp_path / "wn"), n_train=None, n_test=1, n_val=2, seed=3)
+    words = {split: [json.loads(line)["text"] for line in (tmp_path / "out" / f"{split}.jsonl").read_text().splitlines()]
+             for split in ("train", "val", "test")}
+    assert (summary["train"], summary["val"], summary["test"]) == (2, 2, 1)
+    assert summary["val_path"] == str(tmp_path / "out" / "val.jsonl")
+    assert sorted(sum(words.values(), [])) == sorted(word for word, _ in EXPECTED)
 
 
 def test_write_wordnet_output_folder_is_a_file(tmp_path):

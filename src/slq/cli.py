@@ -205,10 +205,12 @@ def cmd_compare(args) -> None:
                          seed=args.seed)
     train_data = _load_data(args, args.train, args.split, "train")
     test_data = _load_data(args, args.test, args.test_split, "test")
+    val_data = _load_data(args, args.val, None, "val") if args.val is not None else None
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
                      baseline_lr=args.baseline_lr, isolate=args.isolate or args.jobs > 1, jobs=args.jobs,
+                     val_data=val_data,
                      dtype=getattr(torch, args.dtype), device=args.device, trust_remote_code=args.trust_remote_code)
     print(format_comparison(report))
     if args.report is not None:
@@ -235,7 +237,8 @@ def cmd_data_shapes(args) -> None:
 def cmd_data_wordnet(args) -> None:
     from .wordnet import write_wordnet
 
-    summary = write_wordnet(args.out, args.wordnet_dir, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    summary = write_wordnet(args.out, args.wordnet_dir, n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
+                            seed=args.seed)
     print(f"slq: WordNet reverse dictionary written to {args.out}: " +
           ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))
 
@@ -247,7 +250,8 @@ def cmd_evidence(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EvidenceConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed, num_queries=args.num_queries,
+    config = EvidenceConfig(n_train=args.n_train, n_test=args.n_test, n_val=args.n_val, seed=args.seed,
+                            num_queries=args.num_queries,
                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             prompt_cache_mb=args.prompt_cache_mb)
     run_evidence(args.out, backbone=args.backbone, wordnet_dir=args.wordnet_dir, config=config,
@@ -331,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(p, "--train", "training data", "train")
     p.add_argument("--test", required=True, type=Path, help="evaluation data (same formats as --train)")
     p.add_argument("--test-split", default=None, help="Karpathy files only: the split of --test (default: test)")
+    p.add_argument("--val", type=Path, default=None,
+                   help="validation data (Karpathy files: the val split): every method is also scored on it, "
+                        "under 'validation' in the report, so settings are chosen without the test data")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--num-queries", type=int, default=defaults["num_queries"])
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
@@ -365,12 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_shapes)
     p = data_sub.add_parser("wordnet", help="reverse-dictionary pairs (definition <-> word) of common WordNet nouns, "
-                                            "disjoint train/test words")
-    p.add_argument("--out", required=True, type=Path, help="output folder (train.jsonl, test.jsonl)")
+                                            "disjoint train/val/test words")
+    p.add_argument("--out", required=True, type=Path, help="output folder (train.jsonl, val.jsonl, test.jsonl)")
     p.add_argument("--wordnet-dir", type=Path, default=None,
                    help="WordNet 3.0 data files (default: /usr/share/wordnet, from Debian's wordnet-base)")
     p.add_argument("--n-train", type=int, default=4000, help="training words (default: 4000)")
     p.add_argument("--n-test", type=int, default=500, help="held-out test words (default: 500)")
+    p.add_argument("--n-val", type=int, default=500,
+                   help="validation words, for choosing settings without the test words; 0 writes no val.jsonl "
+                        "(default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the word split (default: 0)")
     p.set_defaults(func=cmd_data_wordnet)
 
@@ -386,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(EVIDENCE_METHODS), help="comma-separated (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=evidence.n_train, help="training words (default: %(default)s)")
     p.add_argument("--n-test", type=int, default=evidence.n_test, help="held-out words (default: %(default)s)")
+    p.add_argument("--n-val", type=int, default=evidence.n_val,
+                   help="validation words, where settings are chosen; every method is scored on them too, "
+                        "0 = none (default: %(default)s)")
     p.add_argument("--num-queries", type=int, default=evidence.num_queries, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=evidence.epochs, help="(default: %(default)s)")
     _batch_option(p, evidence.batch_size)

@@ -79,7 +79,8 @@ def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Pat
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_data: ImageTextDataset,
             config: TrainConfig, *, methods: Sequence[str] = METHODS, baseline_lr: float | None = None,
             batch_size: int = 32, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
-            done: dict | None = None, on_row: Callable[[str, dict], None] | None = None, **load) -> dict:
+            done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
+            val_data: ImageTextDataset | None = None, **load) -> dict:
     """Train (where the method trains) and evaluate every method; returns the report.
 
     `baseline_lr` sets LoRA's and full fine-tuning's learning rate (queries and LoRA weights live
@@ -89,6 +90,9 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
     process scales poorly past a core, two at a time nearly halve the wall time). Rows in `done`
     (method -> row, from an interrupted run) are kept, not recomputed; `on_row(method, row)` is
     called as each row is finished, so a caller can save it.
+
+    With `val_data`, every method is also scored on it, and the report gains `"validation":
+    {method: {"t2i", "i2t"}}`: settings such as a learning rate are chosen there, never on the test.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -103,7 +107,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
             if "slq_random_init" in todo else None
 
         def args(method: str) -> tuple:
-            return method, backbone_dir, train_data, test_data, config, twin, baseline_lr, batch_size, progress, load
+            return (method, backbone_dir, train_data, test_data, config, twin, baseline_lr, batch_size, progress,
+                    load, val_data)
 
         def finished(method: str, row: dict) -> None:
             rows[method] = row
@@ -125,14 +130,20 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
         else:
             for method in todo:
                 finished(method, run_method(*args(method)))
-    return {"methods": {m: rows[m] for m in methods}, "chance_R@1": 1 / len(test_data), "test": test_data.name,
-            "train": train_data.name, "train_config": vars(config).copy()}
+    report = {"methods": {m: {k: v for k, v in rows[m].items() if k != "val"} for m in methods},
+              "chance_R@1": 1 / len(test_data), "test": test_data.name, "train": train_data.name,
+              "train_config": vars(config).copy()}
+    if val_data is not None:
+        report["validation"] = {m: rows[m]["val"] for m in methods if "val" in rows[m]}
+        report["val"] = val_data.name
+    return report
 
 
 def run_method(method: str, backbone_dir: Path, train_data: ImageTextDataset, test_data: ImageTextDataset,
                config: TrainConfig, twin: Path | None, baseline_lr: float | None, batch_size: int,
-               progress: bool | None, load: dict) -> dict:
-    """One row of the comparison: build the method's encoder, train it if it trains, evaluate."""
+               progress: bool | None, load: dict, val_data: ImageTextDataset | None = None) -> dict:
+    """One row of the comparison: build the method's encoder, train it if it trains, evaluate (on
+    `val_data` too, under "val", when given)."""
     encoder = _encoder(method, backbone_dir, config, twin, **load)
     seconds = 0.0
     if method in TRAINED:
@@ -141,11 +152,15 @@ def run_method(method: str, backbone_dir: Path, train_data: ImageTextDataset, te
         train(encoder, train_data, method_config, progress=progress)
         seconds = time.perf_counter() - began
     result = evaluate(encoder, test_data, batch_size=batch_size, show_progress_bar=progress)
-    return {
+    row = {
         "t2i": result["t2i"], "i2t": result["i2t"],
         "trainable_params": encoder.trainable_parameters if method in TRAINED else 0,
         "train_seconds": round(seconds, 2),
     }
+    if val_data is not None:
+        val = evaluate(encoder, val_data, batch_size=batch_size, show_progress_bar=progress)
+        row["val"] = {"t2i": val["t2i"], "i2t": val["i2t"]}
+    return row
 
 
 def _run_isolated(threads: int, *args) -> dict:
@@ -170,6 +185,10 @@ def format_comparison(report: dict) -> str:
                      f"{m['trainable_params']:>12,}{m['train_seconds']:>9.1f}"
                      + (f"{m['peak_memory_mb']:>9.0f}" if memory else ""))
     lines.append(f"chance R@1: {100 * report['chance_R@1']:.1f}  (test: {report['test']})")
+    if report.get("validation"):
+        lines.append(f"validation ({report['val']}), R@1: " + "; ".join(
+            f"{name} {forward} {100 * v[forward]['R@1']:.1f} {backward} {100 * v[backward]['R@1']:.1f}"
+            for name, v in report["validation"].items()))
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ class EvidenceConfig:
 
     n_train: int = 4000  # training words (pairs)
     n_test: int = 500  # held-out words to retrieve among
+    n_val: int = 500  # validation words, disjoint from both: every method is scored on them too
     seed: int = 0  # word split, query initialisation, batch order, random twin
     num_queries: int = 20
     epochs: int = 1  # one pass over the training words (62 steps): what 2 CPU cores finish within the hour
@@ -82,11 +83,13 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log(f"[1/3] WordNet reverse dictionary: {config.n_train} train / {config.n_test} held-out words")
+    log(f"[1/3] WordNet reverse dictionary: {config.n_train} train / {config.n_val} validation / "
+        f"{config.n_test} held-out test words")
     data = write_wordnet(out / "wordnet", wordnet_dir or DEFAULT_WORDNET_DIR, n_train=config.n_train,
-                         n_test=config.n_test, seed=config.seed)
+                         n_test=config.n_test, n_val=config.n_val, seed=config.seed)
     train_data = load_dataset(out / "wordnet" / "train.jsonl")
     test_data = load_dataset(out / "wordnet" / "test.jsonl")
+    val_data = load_dataset(out / "wordnet" / "val.jsonl") if config.n_val else None
     log("[2/3] backbone: " + ("Gemma 3 270M (GGUF, converted once to a cached folder)" if backbone is None
                               else str(backbone)))
     backbone_dir = gemma_backbone() if backbone is None else Path(backbone)
@@ -107,13 +110,14 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
         saved[method] = {"settings": settings[method], "row": row}
         atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
         renamed = with_direction_names({"methods": {method: row}})["methods"][method]
-        log(f"      {method}: d2w R@1 {renamed['d2w']['R@1']:.3f}, w2d R@1 {renamed['w2d']['R@1']:.3f}, "
+        val = f" (validation: {row['val']['t2i']['R@1']:.3f}, {row['val']['i2t']['R@1']:.3f})" if "val" in row else ""
+        log(f"      {method}: d2w R@1 {renamed['d2w']['R@1']:.3f}, w2d R@1 {renamed['w2d']['R@1']:.3f}{val}, "
             f"{row['train_seconds']:.0f} s training, {row['peak_memory_mb']:.0f} MB peak")
 
     began = time.perf_counter()
     report = compare(backbone_dir, train_data, test_data, train_config, methods=methods,
                      baseline_lr=config.baseline_lr, batch_size=config.eval_batch_size, progress=progress,
-                     isolate=True, jobs=jobs, done=done, on_row=save_row)
+                     isolate=True, jobs=jobs, done=done, on_row=save_row, val_data=val_data)
     report = with_direction_names(report)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
                   minutes=round((time.perf_counter() - began) / 60, 1))
@@ -124,7 +128,7 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
 def method_settings(method: str, config: EvidenceConfig, backbone_dir: Path, data: dict) -> dict:
     """What one method's row depends on: a saved row is reused only while these are unchanged."""
     settings = {"backbone": str(backbone_dir), "wordnet": data, "n_train": config.n_train, "n_test": config.n_test,
-                "seed": config.seed, "eval_batch_size": config.eval_batch_size}
+                "n_val": config.n_val, "seed": config.seed, "eval_batch_size": config.eval_batch_size}
     if method in ("slq", "slq_random_init"):
         settings.update(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
                         lr=config.lr)
@@ -151,5 +155,10 @@ def _saved_rows(path: Path, log) -> dict:
 
 def with_direction_names(report: dict) -> dict:
     """The comparison's caption→target / target→caption rows named d2w / w2d, as this task reads."""
-    methods = {name: {DIRECTIONS.get(k, k): v for k, v in row.items()} for name, row in report["methods"].items()}
-    return {**report, "methods": methods, "directions": list(DIRECTIONS.values())}
+    def rename(rows: dict) -> dict:
+        return {name: {DIRECTIONS.get(k, k): v for k, v in row.items()} for name, row in rows.items()}
+
+    renamed = {**report, "methods": rename(report["methods"]), "directions": list(DIRECTIONS.values())}
+    if "validation" in report:
+        renamed["validation"] = rename(report["validation"])
+    return renamed

@@ -213,27 +213,29 @@ def reverse_dictionary(
 
 
 def split_pairs(
-    pairs: list[WordDefinition], *, n_train: int | None, n_test: int, seed: int
-) -> tuple[list[WordDefinition], list[WordDefinition]]:
-    """A seeded random (train, test) split with no word in both; n_train=None takes the rest.
+    pairs: list[WordDefinition], *, n_train: int | None, n_test: int, seed: int, n_val: int = 0
+) -> tuple[list[WordDefinition], list[WordDefinition], list[WordDefinition]]:
+    """A seeded random (train, val, test) split with no word in two of them; n_train=None takes the rest.
 
-    The test set is drawn first, so for one seed it does not depend on n_train.
+    The shuffled words are cut in order: test, train, then val. So for one seed the test set does
+    not depend on n_train or n_val, and train does not depend on n_val. The validation words are
+    for choosing settings (a learning rate) without looking at the test words.
     """
-    if n_test < 0 or (n_train is not None and n_train < 0):
-        raise SLQError(f"n_train and n_test must be >= 0; got n_train={n_train}, n_test={n_test}")
+    if min(n_test, n_val, n_train or 0) < 0:
+        raise SLQError(f"n_train, n_val and n_test must be >= 0; got n_train={n_train}, n_val={n_val}, n_test={n_test}")
     words = [p.word for p in pairs]
     assert len(set(words)) == len(words), "pairs must have distinct words"
-    wanted = n_test + (n_train or 0)
+    wanted = n_test + n_val + (n_train or 0)
     if wanted > len(pairs):
         raise SLQError(
-            f"asked for {n_train} train + {n_test} test = {wanted} pairs, but only {len(pairs)} "
-            "are available; lower n_train or n_test"
+            f"asked for {n_train} train + {n_val} val + {n_test} test = {wanted} pairs, but only {len(pairs)} "
+            "are available; lower n_train, n_val or n_test"
         )
     shuffled = list(pairs)
     random.Random(seed).shuffle(shuffled)
     test = shuffled[:n_test]
-    train = shuffled[n_test:] if n_train is None else shuffled[n_test : n_test + n_train]
-    return train, test
+    train_end = len(shuffled) - n_val if n_train is None else n_test + n_train
+    return shuffled[n_test:train_end], shuffled[train_end:train_end + n_val], test
 
 
 def _records(pairs: list[WordDefinition]) -> list[TextRecord]:
@@ -246,30 +248,27 @@ def write_wordnet(
     *,
     n_train: int | None = 4000,
     n_test: int = 500,
+    n_val: int = 0,
     seed: int = 0,
 ) -> dict:
-    """Write train.jsonl and test.jsonl, one {"text": word, "captions": [definition]} a line.
+    """Write train.jsonl and test.jsonl (and val.jsonl when n_val > 0), one {"text": word, "captions":
+    [definition]} a line.
 
     The word is the retrieval target and the definition its query. Files are written atomically,
     so a crash never leaves a half file. Returns a summary for logs and model cards.
     """
     wordnet_dir = DEFAULT_WORDNET_DIR if wordnet_dir is None else wordnet_dir
     pairs = reverse_dictionary(wordnet_dir)
-    train, test = split_pairs(pairs, n_train=n_train, n_test=n_test, seed=seed)
+    train, val, test = split_pairs(pairs, n_train=n_train, n_test=n_test, n_val=n_val, seed=seed)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SLQError(f"{out}: cannot create the output folder: {e.strerror or e}") from None
-    paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
-    write_jsonl(_records(train), paths["train"])
-    write_jsonl(_records(test), paths["test"])
-    return {
-        "pairs": len(pairs),
-        "train": len(train),
-        "test": len(test),
-        "seed": seed,
-        "wordnet_dir": str(Path(wordnet_dir)),
-        "train_path": str(paths["train"]),
-        "test_path": str(paths["test"]),
-    }
+    splits = {"train": train, "val": val, "test": test} if n_val else {"train": train, "test": test}
+    summary: dict = {"pairs": len(pairs), **{name: len(part) for name, part in splits.items()}, "seed": seed,
+                     "wordnet_dir": str(Path(wordnet_dir))}
+    for name, part in splits.items():
+        write_jsonl(_records(part), out / f"{name}.jsonl")
+        summary[f"{name}_path"] = str(out / f"{name}.jsonl")
+    return summary
