@@ -51,6 +51,27 @@ def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl):
                                        methods=["zero_shot_mean"], progress=False)
 
 
+def test_baselines_get_their_own_learning_rate_and_epochs(tiny_dirs, shapes_jsonl, monkeypatch):
+    import slq.compare
+
+    seen = {}
+    real_train = slq.compare.train
+
+    def recording_train(encoder, dataset, config, **kwargs):
+        seen[type(encoder).__name__] = config
+        return real_train(encoder, dataset, config, **kwargs)
+
+    monkeypatch.setattr(slq.compare, "train", recording_train)
+    data = load_jsonl(shapes_jsonl)
+    config = TrainConfig(num_queries=2, batch_size=8, epochs=1, lr=1e-2, prompt_cache_mb=10)
+    report = compare(tiny_dirs["llava"], data, data, config, methods=["slq", "lora"], baseline_lr=3e-4,
+                     baseline_epochs=2, progress=False)
+    assert seen["SLQRetriever"] == config
+    lora = seen["PooledEncoder"]
+    assert (lora.lr, lora.epochs, lora.prompt_cache_mb, lora.batch_size) == (3e-4, 2, 0.0, 8)
+    assert report["baseline_train_config"]["epochs"] == 2 and report["train_config"]["epochs"] == 1
+
+
 def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):
     data = load_jsonl(shapes_jsonl)
     with pytest.raises(SLQError, match="unknown method"):

@@ -209,7 +209,8 @@ def cmd_compare(args) -> None:
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
-                     baseline_lr=args.baseline_lr, isolate=args.isolate or args.jobs > 1, jobs=args.jobs,
+                     baseline_lr=args.baseline_lr, baseline_epochs=args.baseline_epochs,
+                     isolate=args.isolate or args.jobs > 1, jobs=args.jobs,
                      val_data=val_data,
                      dtype=getattr(torch, args.dtype), device=args.device, trust_remote_code=args.trust_remote_code)
     print(format_comparison(report))
@@ -253,6 +254,7 @@ def cmd_evidence(args) -> None:
     config = EvidenceConfig(n_train=args.n_train, n_test=args.n_test, n_val=args.n_val, seed=args.seed,
                             num_queries=args.num_queries,
                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            baseline_lr=args.baseline_lr, baseline_epochs=args.baseline_epochs,
                             prompt_cache_mb=args.prompt_cache_mb)
     run_evidence(args.out, backbone=args.backbone, wordnet_dir=args.wordnet_dir, config=config,
                  methods=args.methods.split(","), jobs=args.jobs)
@@ -345,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults["lr"], help="SLQ learning rate")
     p.add_argument("--baseline-lr", type=float, default=None, help="LoRA / full fine-tuning learning rate "
                                                                    "(default: --lr / 10)")
+    p.add_argument("--baseline-epochs", type=_positive_int, default=None,
+                   help="LoRA / full fine-tuning epochs (default: --epochs)")
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
     p.add_argument("--isolate", action="store_true",
@@ -402,8 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-queries", type=int, default=evidence.num_queries, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=evidence.epochs, help="(default: %(default)s)")
     _batch_option(p, evidence.batch_size)
-    p.add_argument("--lr", type=float, default=evidence.lr, help="SLQ learning rate; LoRA uses a tenth "
-                                                                 "(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=evidence.lr, help="SLQ learning rate (default: %(default)s)")
+    p.add_argument("--baseline-lr", type=float, default=evidence.baseline_lr,
+                   help="LoRA learning rate (default: %(default)s)")
+    p.add_argument("--baseline-epochs", type=int, default=evidence.baseline_epochs,
+                   help="LoRA epochs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=evidence.seed, help="(default: %(default)s)")
     p.add_argument("--prompt-cache-mb", type=float, default=evidence.prompt_cache_mb,
                    help="RAM for SLQ's prompt keys/values reused across epochs (default: %(default)s)")

@@ -78,13 +78,14 @@ def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Pat
 
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_data: ImageTextDataset,
             config: TrainConfig, *, methods: Sequence[str] = METHODS, baseline_lr: float | None = None,
-            batch_size: int = 32, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
+            baseline_epochs: int | None = None, batch_size: int = 32, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
             done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
             val_data: ImageTextDataset | None = None, **load) -> dict:
     """Train (where the method trains) and evaluate every method; returns the report.
 
     `baseline_lr` sets LoRA's and full fine-tuning's learning rate (queries and LoRA weights live
-    at different scales); by default they use `config.lr / 10`. `isolate` runs each method in a
+    at different scales); by default they use `config.lr / 10`. `baseline_epochs` (default: the
+    same as SLQ's) lets a costly baseline train for fewer epochs. `isolate` runs each method in a
     process of its own, so each row also gets an honest `peak_memory_mb` (the process's peak RSS);
     `jobs` such processes run at once, sharing this process's torch threads (on a CPU, where one
     process scales poorly past a core, two at a time nearly halve the wall time). Rows in `done`
@@ -100,6 +101,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
     if jobs < 1 or (jobs > 1 and not isolate):
         raise SLQError(f"jobs must be 1, or more with isolate (got jobs={jobs}, isolate={isolate})")
     backbone_dir = Path(backbone_dir)
+    baseline_config = replace(config, lr=baseline_lr or config.lr / 10, epochs=baseline_epochs or config.epochs,
+                              prompt_cache_mb=0.0)  # the prompt cache serves SLQ only
     rows = {m: row for m, row in (done or {}).items() if m in methods}
     todo = sorted((m for m in methods if m not in rows), key=lambda m: m not in TRAINED)  # long ones first
     with tempfile.TemporaryDirectory(prefix="slq-twin-") as tmp:
@@ -107,7 +110,7 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
             if "slq_random_init" in todo else None
 
         def args(method: str) -> tuple:
-            return (method, backbone_dir, train_data, test_data, config, twin, baseline_lr, batch_size, progress,
+            return (method, backbone_dir, train_data, test_data, config, twin, baseline_config, batch_size, progress,
                     load, val_data)
 
         def finished(method: str, row: dict) -> None:
@@ -133,6 +136,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
     report = {"methods": {m: {k: v for k, v in rows[m].items() if k != "val"} for m in methods},
               "chance_R@1": 1 / len(test_data), "test": test_data.name, "train": train_data.name,
               "train_config": vars(config).copy()}
+    if (TRAINED - {"slq", "slq_random_init"}) & set(methods):
+        report["baseline_train_config"] = vars(baseline_config).copy()
     if val_data is not None:
         report["validation"] = {m: rows[m]["val"] for m in methods if "val" in rows[m]}
         report["val"] = val_data.name
@@ -140,14 +145,14 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
 
 
 def run_method(method: str, backbone_dir: Path, train_data: ImageTextDataset, test_data: ImageTextDataset,
-               config: TrainConfig, twin: Path | None, baseline_lr: float | None, batch_size: int,
+               config: TrainConfig, twin: Path | None, baseline_config: TrainConfig, batch_size: int,
                progress: bool | None, load: dict, val_data: ImageTextDataset | None = None) -> dict:
     """One row of the comparison: build the method's encoder, train it if it trains, evaluate (on
     `val_data` too, under "val", when given)."""
     encoder = _encoder(method, backbone_dir, config, twin, **load)
     seconds = 0.0
     if method in TRAINED:
-        method_config = config if method.startswith("slq") else replace(config, lr=baseline_lr or config.lr / 10)
+        method_config = config if method.startswith("slq") else baseline_config
         began = time.perf_counter()
         train(encoder, train_data, method_config, progress=progress)
         seconds = time.perf_counter() - began

@@ -47,6 +47,7 @@ class EvidenceConfig:
     batch_size: int = 64
     lr: float = 5e-3  # SLQ's learning rate (2e-3 was also run: see the README)
     baseline_lr: float | None = 2e-4  # LoRA's; None: lr / 10 as in `slq compare`
+    baseline_epochs: int | None = 1  # LoRA's; None: as many as SLQ's
     eval_batch_size: int = 64
     prompt_cache_mb: float = 8000  # with epochs > 1: SLQ's prompt keys/values kept (about 3.5 GB for Gemma)
 
@@ -103,8 +104,9 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
     done = {m: entry["row"] for m, entry in saved.items() if m in settings and entry.get("settings") == settings[m]}
     if done:
         log(f"      kept from an earlier run with the same settings: {', '.join(done)} ({out / ROWS_FILE})")
-    log(f"[3/3] {', '.join(m for m in methods if m not in done)}: each trains {config.epochs} epoch(s) of batch "
-        f"{config.batch_size} where it trains, in a process of its own, {jobs} at a time")
+    log(f"[3/3] {', '.join(m for m in methods if m not in done)}: SLQ trains {config.epochs} epoch(s) of batch "
+        f"{config.batch_size}, LoRA {config.baseline_epochs or config.epochs}; each method in a process of its own, "
+        f"{jobs} at a time")
 
     def save_row(method: str, row: dict) -> None:
         saved[method] = {"settings": settings[method], "row": row}
@@ -116,7 +118,8 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
 
     began = time.perf_counter()
     report = compare(backbone_dir, train_data, test_data, train_config, methods=methods,
-                     baseline_lr=config.baseline_lr, batch_size=config.eval_batch_size, progress=progress,
+                     baseline_lr=config.baseline_lr, baseline_epochs=config.baseline_epochs,
+                     batch_size=config.eval_batch_size, progress=progress,
                      isolate=True, jobs=jobs, done=done, on_row=save_row, val_data=val_data)
     report = with_direction_names(report)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
@@ -133,7 +136,7 @@ def method_settings(method: str, config: EvidenceConfig, backbone_dir: Path, dat
         settings.update(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
                         lr=config.lr)
     elif method in TRAINED:
-        settings.update(epochs=config.epochs, batch_size=config.batch_size,
+        settings.update(epochs=config.baseline_epochs or config.epochs, batch_size=config.batch_size,
                         lr=config.baseline_lr or config.lr / 10)
     return json.loads(json.dumps(settings))  # as read back from the file
 
