@@ -40,7 +40,7 @@ $(WORDNET):
 	$(SUDO) apt-get install -y -qq wordnet-base
 
 evidence: $(EVIDENCE_STAMP) $(WORDNET)
-	$(BIN)/slq evidence --out runs/evidence --jobs 2
+	$(BIN)/slq evidence --out runs/evidence
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
