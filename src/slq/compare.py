@@ -78,9 +78,9 @@ def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Pat
 
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_data: ImageTextDataset,
             config: TrainConfig, *, methods: Sequence[str] = METHODS, baseline_lr: float | None = None,
-            baseline_epochs: int | None = None, batch_size: int = 32, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
-            done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
-            val_data: ImageTextDataset | None = None, **load) -> dict:
+            baseline_epochs: int | None = None, batch_size: int = 32, progress: bool | None = None,
+            isolate: bool = False, jobs: int = 1, done: dict | None = None,
+            on_row: Callable[[str, dict], None] | None = None, val_data: ImageTextDataset | None = None, **load) -> dict:
     """Train (where the method trains) and evaluate every method; returns the report.
 
     `baseline_lr` sets LoRA's and full fine-tuning's learning rate (queries and LoRA weights live
