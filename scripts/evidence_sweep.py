@@ -42,6 +42,8 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("runs/evidence-sweep/wordnet"), help="where the pairs go")
     p.add_argument("--log", type=Path, required=True, help="JSON lines: one per epoch")
     args = p.parse_args(argv)
+    if args.n_val < 1:
+        p.error("--n-val must be at least 1: the sweep scores the validation words")
     if args.threads:
         torch.set_num_threads(args.threads)
     write_wordnet(args.data, args.wordnet_dir, n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
@@ -62,7 +64,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         scores = evaluate(retriever, val_data, batch_size=defaults.eval_batch_size)
         line = {"num_queries": args.num_queries, "lr": args.lr, "epochs": args.epochs,
-                "epoch": entry["step"] // steps_per_epoch, "loss": round(entry["loss"], 4),
+                "epoch": entry["step"] // steps_per_epoch, "last_loss": round(entry["loss"], 4),
+                "n_val": len(val_data),
                 "train_seconds": round(start - began - evaluating),
                 "val_d2w": scores["t2i"], "val_w2d": scores["i2t"]}
         evaluating += time.perf_counter() - start

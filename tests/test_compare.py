@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
+from slq.baselines import PooledEncoder
 from slq.compare import METHODS, compare, format_comparison, random_twin
 from slq.data import load_jsonl
 from slq.demo import DEMO_METHODS, run_demo
 from slq.errors import SLQError
+from slq.evaluate import evaluate
 from slq.train import TrainConfig
 
 
@@ -37,15 +40,20 @@ def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     assert report["chance_R@1"] == 1 / 16
 
 
-def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl):
-    """Settings are chosen on --val: each method's val recall comes from the same encoder as its row."""
+def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_path):
+    """Settings are chosen on --val: each method's val recall is its own encoder scored on the val data."""
     data = load_jsonl(shapes_jsonl)
+    val_path = tmp_path / "val.jsonl"
+    records = [json.loads(line) for line in Path(shapes_jsonl).read_text().splitlines()[:6]]
+    val_path.write_text("".join(json.dumps({**r, "image": str(Path(shapes_jsonl).parent / r["image"])}) + "\n"
+                                for r in records))
+    val = load_jsonl(val_path)
     report = compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
-                     methods=["zero_shot_mean", "slq"], progress=False, val_data=data)
-    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["val"] == data.name
-    for name, row in report["methods"].items():
-        assert "val" not in row
-        assert report["validation"][name] == {"t2i": row["t2i"], "i2t": row["i2t"]}  # same data, same encoder
+                     methods=["zero_shot_mean", "slq"], progress=False, val_data=val)
+    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["val"] == val.name
+    assert all("val" not in row for row in report["methods"].values())
+    expected = evaluate(PooledEncoder(Backbone.load(tiny_dirs["llava"]), "mean", one_word_prompt=False), val)
+    assert report["validation"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"]}
     assert "validation" in format_comparison(report)
     assert "validation" not in compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8),
                                        methods=["zero_shot_mean"], progress=False)
@@ -87,3 +95,19 @@ def test_demo_pipeline_smoke(tmp_path):
     assert report["chance_R@1"] == 1 / 16
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "world" / "train.jsonl").is_file() and (tmp_path / "backbone" / "config.json").is_file()
+
+
+def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shapes_jsonl, tmp_path):
+    from test_cli import slq
+
+    common = ("compare", "--backbone", tiny_dirs["llava"], "--train", shapes_jsonl, "--test", shapes_jsonl,
+              "--methods", "zero_shot_mean", "--batch-size", 8)
+    proc = slq(*common, "--val", shapes_jsonl, check=False)
+    assert proc.returncode == 2 and "--val and --test are the same data" in proc.stderr
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({**r, "image": str(Path(shapes_jsonl).parent / r["image"])}) + "\n" for r in
+                           map(json.loads, Path(shapes_jsonl).read_text().splitlines()[:6])))
+    proc = slq(*common, "--val", val, "--report", tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "validation (val), R@1: zero_shot_mean" in proc.stdout, proc.stdout
+    assert set(report["validation"]["zero_shot_mean"]) == {"t2i", "i2t"}

@@ -79,11 +79,13 @@ def test_sweep_script_scores_validation_words_each_epoch(tiny_dirs, tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "evidence_sweep.py"
     log = tmp_path / "sweep.jsonl"
-    subprocess.run([sys.executable, str(script), "--backbone", str(tiny_dirs["gemma3_text"]), "--wordnet-dir",
-                    str(write_fixture(tmp_path / "wordnet")), "--data", str(tmp_path / "pairs"), "--n-train", "2",
-                    "--n-val", "2", "--n-test", "1", "--batch-size", "2", "--epochs", "2", "--num-queries", "2",
-                    "--lr", "1e-2", "--threads", "1", "--log", str(log)], check=True, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(script), "--backbone", str(tiny_dirs["gemma3_text"]), "--wordnet-dir",
+                           str(write_fixture(tmp_path / "wordnet")), "--data", str(tmp_path / "pairs"), "--n-train",
+                           "2", "--n-val", "2", "--n-test", "1", "--batch-size", "2", "--epochs", "2",
+                           "--num-queries", "2", "--lr", "1e-2", "--threads", "1", "--log", str(log)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2]
+    assert [line["epoch"] for line in lines] == [1, 2] and {line["n_val"] for line in lines} == {2}
     assert all(set(line["val_d2w"]) == {"R@1", "R@5", "R@10"} and line["lr"] == 1e-2 for line in lines)
     assert lines[1]["val_w2d"]["R@5"] == 1.0  # two validation words: both are in the top 5

@@ -217,6 +217,8 @@ def test_write_wordnet_validation_file(tmp_path):
     assert (summary["train"], summary["val"], summary["test"]) == (2, 2, 1)
     assert summary["val_path"] == str(tmp_path / "out" / "val.jsonl")
     assert sorted(sum(words.values(), [])) == sorted(word for word, _ in EXPECTED)
+    write_wordnet(tmp_path / "out", write_fixture(tmp_path / "wn"), n_train=None, n_test=1, n_val=0, seed=3)
+    assert not (tmp_path / "out" / "val.jsonl").exists()  # an old one would pass for this split's
 
 
 def test_write_wordnet_output_folder_is_a_file(tmp_path):

@@ -205,7 +205,11 @@ def cmd_compare(args) -> None:
                          seed=args.seed)
     train_data = _load_data(args, args.train, args.split, "train")
     test_data = _load_data(args, args.test, args.test_split, "test")
-    val_data = _load_data(args, args.val, None, "val") if args.val is not None else None
+    if args.val is not None and args.val.resolve() == args.test.resolve() and (
+            args.val.suffix.lower() != ".json" or (args.val_split or "val") == (args.test_split or "test")):
+        raise SLQError(f"--val and --test are the same data ({args.val}): choose settings on other data than the "
+                       "data you report")
+    val_data = _load_data(args, args.val, args.val_split, "val") if args.val is not None else None
     import torch
 
     report = compare(args.backbone, train_data, test_data, config, methods=args.methods.split(","),
@@ -340,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=Path, default=None,
                    help="validation data (Karpathy files: the val split): every method is also scored on it, "
                         "under 'validation' in the report, so settings are chosen without the test data")
+    p.add_argument("--val-split", default=None, help="Karpathy files only: the split of --val (default: val)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--num-queries", type=int, default=defaults["num_queries"])
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
@@ -409,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=evidence.lr, help="SLQ learning rate (default: %(default)s)")
     p.add_argument("--baseline-lr", type=float, default=evidence.baseline_lr,
                    help="LoRA learning rate (default: %(default)s)")
-    p.add_argument("--baseline-epochs", type=int, default=evidence.baseline_epochs,
+    p.add_argument("--baseline-epochs", type=_positive_int, default=evidence.baseline_epochs,
                    help="LoRA epochs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=evidence.seed, help="(default: %(default)s)")
     p.add_argument("--prompt-cache-mb", type=float, default=evidence.prompt_cache_mb,

@@ -119,7 +119,7 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
                 on_row(method, row)
 
         if isolate:
-            threads = max(1, torch.get_num_threads() // jobs)
+            threads = threads_per_method(jobs)
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
                 futures = {pool.submit(_run_isolated, threads, *args(m)): m for m in todo}
                 failures = []
@@ -142,6 +142,11 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
         report["validation"] = {m: rows[m]["val"] for m in methods if "val" in rows[m]}
         report["val"] = val_data.name
     return report
+
+
+def threads_per_method(jobs: int) -> int:
+    """Torch threads each isolated method gets when `jobs` run at once: this process's, shared out."""
+    return max(1, torch.get_num_threads() // jobs)
 
 
 def run_method(method: str, backbone_dir: Path, train_data: ImageTextDataset, test_data: ImageTextDataset,

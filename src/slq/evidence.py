@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .compare import TRAINED, compare, save_comparison
+from .compare import TRAINED, compare, save_comparison, threads_per_method
 from .data import atomic_write, load_dataset
 from .errors import SLQError
 from .gguf import cache_root, convert_gguf
@@ -50,6 +50,11 @@ class EvidenceConfig:
     baseline_epochs: int | None = 1  # LoRA's; None: as many as SLQ's
     eval_batch_size: int = 64
     prompt_cache_mb: float = 8000  # with epochs > 1: SLQ's prompt keys/values kept (about 3.5 GB for Gemma)
+
+    @property
+    def prompt_cache_used_mb(self) -> float:
+        """The prompt cache only pays from the second epoch on."""
+        return self.prompt_cache_mb if self.epochs > 1 else 0.0
 
 
 def gemma_gguf(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -98,8 +103,8 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
         backbone_dir = convert_gguf(backbone_dir)
     train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
                                lr=config.lr, seed=config.seed,
-                               prompt_cache_mb=config.prompt_cache_mb if config.epochs > 1 else 0.0)
-    settings = {m: method_settings(m, config, backbone_dir, data) for m in methods}
+                               prompt_cache_mb=config.prompt_cache_used_mb)
+    settings = {m: method_settings(m, config, backbone_dir, data, threads_per_method(jobs)) for m in methods}
     saved = _saved_rows(out / ROWS_FILE, log)
     done = {m: entry["row"] for m, entry in saved.items() if m in settings and entry.get("settings") == settings[m]}
     if done:
@@ -112,7 +117,8 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
         saved[method] = {"settings": settings[method], "row": row}
         atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
         renamed = with_direction_names({"methods": {method: row}})["methods"][method]
-        val = f" (validation: {row['val']['t2i']['R@1']:.3f}, {row['val']['i2t']['R@1']:.3f})" if "val" in row else ""
+        val = (f" (validation d2w {row['val']['t2i']['R@1']:.3f}, w2d {row['val']['i2t']['R@1']:.3f})"
+               if "val" in row else "")
         log(f"      {method}: d2w R@1 {renamed['d2w']['R@1']:.3f}, w2d R@1 {renamed['w2d']['R@1']:.3f}{val}, "
             f"{row['train_seconds']:.0f} s training, {row['peak_memory_mb']:.0f} MB peak")
 
@@ -123,18 +129,20 @@ def run_evidence(out_dir: str | os.PathLike, *, backbone: str | os.PathLike | No
                      isolate=True, jobs=jobs, done=done, on_row=save_row, val_data=val_data)
     report = with_direction_names(report)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
-                  minutes=round((time.perf_counter() - began) / 60, 1))
+                  minutes_this_run=round((time.perf_counter() - began) / 60, 1))
     log(save_comparison(report, out))
     return report
 
 
-def method_settings(method: str, config: EvidenceConfig, backbone_dir: Path, data: dict) -> dict:
-    """What one method's row depends on: a saved row is reused only while these are unchanged."""
+def method_settings(method: str, config: EvidenceConfig, backbone_dir: Path, data: dict, threads: int) -> dict:
+    """What one method's row depends on, its time and memory included (threads, prompt cache): a
+    saved row is reused only while these are unchanged."""
     settings = {"backbone": str(backbone_dir), "wordnet": data, "n_train": config.n_train, "n_test": config.n_test,
-                "n_val": config.n_val, "seed": config.seed, "eval_batch_size": config.eval_batch_size}
+                "n_val": config.n_val, "seed": config.seed, "eval_batch_size": config.eval_batch_size,
+                "threads": threads}
     if method in ("slq", "slq_random_init"):
         settings.update(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
-                        lr=config.lr)
+                        lr=config.lr, prompt_cache_mb=config.prompt_cache_used_mb)
     elif method in TRAINED:
         settings.update(epochs=config.baseline_epochs or config.epochs, batch_size=config.batch_size,
                         lr=config.baseline_lr or config.lr / 10)

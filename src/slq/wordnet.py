@@ -218,8 +218,10 @@ def split_pairs(
     """A seeded random (train, val, test) split with no word in two of them; n_train=None takes the rest.
 
     The shuffled words are cut in order: test, train, then val. So for one seed the test set does
-    not depend on n_train or n_val, and train does not depend on n_val. The validation words are
-    for choosing settings (a learning rate) without looking at the test words.
+    not depend on n_train or n_val, and a given n_train gives the same training words whatever
+    n_val is (with n_train=None, train is the rest before the last n_val words). The validation
+    words move when n_train changes. They are for choosing settings (a learning rate) without
+    looking at the test words.
     """
     if min(n_test, n_val, n_train or 0) < 0:
         raise SLQError(f"n_train, n_val and n_test must be >= 0; got n_train={n_train}, n_val={n_val}, n_test={n_test}")
@@ -251,8 +253,8 @@ def write_wordnet(
     n_val: int = 0,
     seed: int = 0,
 ) -> dict:
-    """Write train.jsonl and test.jsonl (and val.jsonl when n_val > 0), one {"text": word, "captions":
-    [definition]} a line.
+    """Write train.jsonl and test.jsonl (and val.jsonl when n_val > 0; a val.jsonl left from an earlier
+    call is removed otherwise), one {"text": word, "captions": [definition]} a line.
 
     The word is the retrieval target and the definition its query. Files are written atomically,
     so a crash never leaves a half file. Returns a summary for logs and model cards.
@@ -268,6 +270,8 @@ def write_wordnet(
     splits = {"train": train, "val": val, "test": test} if n_val else {"train": train, "test": test}
     summary: dict = {"pairs": len(pairs), **{name: len(part) for name, part in splits.items()}, "seed": seed,
                      "wordnet_dir": str(Path(wordnet_dir))}
+    if not n_val:
+        (out / "val.jsonl").unlink(missing_ok=True)  # never leave another split's words to be picked up
     for name, part in splits.items():
         write_jsonl(_records(part), out / f"{name}.jsonl")
         summary[f"{name}_path"] = str(out / f"{name}.jsonl")
