@@ -47,7 +47,7 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     out = tmp_path / "evidence"
     config = EvidenceConfig(n_train=3, n_test=2, n_val=0, batch_size=2, num_queries=2)
     quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False, log=lambda *_: None)
-    run_evidence(out, config=config, methods=["zero_shot_mean"], **quiet)
+    run_evidence(out, config=config, methods=["zero_shot_mean"], jobs=2, **quiet)  # same threads per method
     saved = json.loads((out / "rows.json").read_text())
     saved["zero_shot_mean"]["row"]["t2i"]["R@1"] = 0.123  # a value no real run gives: proves reuse
     (out / "rows.json").write_text(json.dumps(saved))
@@ -55,7 +55,7 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     assert report["methods"]["zero_shot_mean"]["d2w"]["R@1"] == 0.123
     assert set(report["methods"]) == {"zero_shot_mean", "zero_shot_last_token"}
     assert set(json.loads((out / "rows.json").read_text())) == set(report["methods"])
-    other = run_evidence(out, config=replace(config, seed=1), methods=["zero_shot_mean"], **quiet)
+    other = run_evidence(out, config=replace(config, seed=1), methods=["zero_shot_mean"], jobs=2, **quiet)
     assert other["methods"]["zero_shot_mean"]["d2w"]["R@1"] != 0.123
 
 
