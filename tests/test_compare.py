@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
@@ -78,6 +79,19 @@ def test_baselines_get_their_own_learning_rate_and_epochs(tiny_dirs, shapes_json
     lora = seen["PooledEncoder"]
     assert (lora.lr, lora.epochs, lora.prompt_cache_mb, lora.batch_size) == (3e-4, 2, 0.0, 8)
     assert report["baseline_train_config"]["epochs"] == 2 and report["train_config"]["epochs"] == 1
+
+
+def test_lora_starts_from_the_same_adapters_for_one_seed(tiny_dirs):
+    from slq.compare import _encoder
+
+    def adapters(seed: int, global_state: int) -> dict:
+        torch.manual_seed(global_state)  # whatever the global RNG held before must not matter
+        encoder = _encoder("lora", tiny_dirs["llava"], TrainConfig(seed=seed), None)
+        return {name: p.detach().clone() for name, p in encoder.trainable_tensors().items()}
+
+    first, again, other = adapters(0, global_state=1), adapters(0, global_state=2), adapters(1, global_state=1)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
 def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):

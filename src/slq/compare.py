@@ -70,6 +70,7 @@ def _encoder(method: str, backbone_dir: Path, config: TrainConfig, twin_dir: Pat
         return PooledEncoder(backbone, "mean", one_word_prompt=False)
     encoder = PooledEncoder(backbone, "last", one_word_prompt=method == "zero_shot_last_token")
     if method == "lora":
+        torch.manual_seed(config.seed)  # LoRA's A matrices start random: seeded, so a row is reproducible
         return add_lora(encoder)
     if method == "full_ft":
         return unfreeze_language_model(encoder)
