@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from slq.pretrain import (MODEL_OVERRIDES, PretrainConfig, caption_attribute_accuracy, model_card,
@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=PretrainConfig.steps, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=PretrainConfig.lr)
+    p.add_argument("--vision-lr-ratio", type=float, default=PretrainConfig.vision_lr_ratio,
+                   help="the vision tower learns at lr times this")
     p.add_argument("--threads", type=int, default=PretrainConfig.threads,
                    help="torch threads; the weights are reproducible for a given count")
     p.add_argument("--image-side", type=int, default=PretrainConfig.image_side,
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     work = Path(args.work)
     config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            threads=args.threads, image_side=args.image_side)
+                            threads=args.threads, image_side=args.image_side,
+                            vision_lr_ratio=args.vision_lr_ratio)
     print(f"[1/4] shapes world: {args.n_train} train / {args.n_test} test images -> {work / 'world'}", flush=True)
     world = write_world(work / "world", n_train=args.n_train, n_val=max(1, args.n_test // 4), n_test=args.n_test,
                         seed=args.seed, progress=True)
@@ -74,9 +77,10 @@ def main(argv=None) -> int:
             "vision_health": health,
             "command": "python scripts/pretrain_default.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     info.update(_describe(out, args.image_side))
+    info["fingerprint"] = _fingerprint(out)
     if args.compare:
         print("[4/4] retrieval: zero-shot, SLQ and SLQ on a random twin (demo settings)", flush=True)
-        info.update(_compare(out, world, args.seed))
+        info.update(_compare(out, work, args.seed))
         print(info["comparison"], flush=True)
     (out / "pretraining.json").write_text(json.dumps({k: v for k, v in info.items() if k != "comparison"},
                                                      indent=2) + "\n")
@@ -101,6 +105,18 @@ def _health(out: Path, test_jsonl: Path, n: int = 64) -> dict:
     return vision_feature_health(Backbone.load(out), images)
 
 
+def _fingerprint(out: Path) -> dict:
+    """What identifies these weights: slq's backbone fingerprint (config hash, weight norms) and the
+    sha256 of the safetensors file; the tests check the shipped folder against it."""
+    import hashlib
+
+    from slq.backbone import Backbone
+
+    fingerprint = Backbone.load(out).fingerprint()
+    fingerprint["safetensors_sha256"] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    return fingerprint
+
+
 def _describe(out: Path, image_side: int) -> dict:
     from transformers import AutoConfig
 
@@ -119,21 +135,14 @@ def _describe(out: Path, image_side: int) -> dict:
             "parameters": parameters, "megabytes": (out / "model.safetensors").stat().st_size / 2**20}
 
 
-def _compare(out: Path, world: dict, seed: int) -> dict:
-    from slq.compare import compare, format_comparison
-    from slq.data import load_jsonl
-    from slq.demo import DEMO_METHODS
-    from slq.train import TrainConfig
+def _compare(out: Path, work: Path, seed: int) -> dict:
+    """`slq demo --backbone OUT`: the demo's world, settings and methods, on the new checkpoint."""
+    from slq.compare import format_comparison
+    from slq.demo import run_demo
 
-    # the demo's defaults: 512 training images, 3 epochs of 32, lr 2e-3, 20 queries
-    full = load_jsonl(world["train"])
-    train = replace(full, records=full.records[:512])  # the demo's world is the first 512 of the same seed
-    report = compare(out, train, load_jsonl(world["test"]),
-                     TrainConfig(num_queries=20, epochs=3, batch_size=32, lr=2e-3, seed=seed),
-                     methods=DEMO_METHODS, progress=True)
+    report = run_demo(work / "demo", backbone_dir=out, seed=seed, progress=True)
     return {"comparison": format_comparison(report), "report": report,
-            "comparison_command": f"`slq demo --backbone {out}` (seed {seed}, 512 training images, "
-                                  "3 epochs of 32, lr 2e-3, 20 queries; test split of this world)"}
+            "comparison_command": f"`slq demo --backbone {out}` (the demo's defaults; its test split)"}
 
 
 if __name__ == "__main__":

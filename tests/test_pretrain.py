@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from slq.errors import SLQError
 from slq.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainConfig, _load_images, _load_world_text,
-                          build_initial_model, caption_attribute_accuracy, listing, pretrain, score_caption,
-                          vision_feature_health, vqa_pairs)
+                          build_initial_model, caption_attribute_accuracy, listing, mixture_at, pretrain,
+                          score_caption, vision_feature_health, vqa_pairs)
 from slq.shapes import held_out_combos, write_world
 
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1)
@@ -238,3 +238,37 @@ def test_listing_names_every_object_in_reading_order(world):
     data = GenerativeData(records, knowledge, held_out, {"listing": 1.0})
     assert all(e.image is not None and e.text == "" and e.answer == listing(records[e.image]["objects"])
                for e in data.batch(0, 0, 8)), "a listing is asked with slq's image prompt"
+
+
+def test_curriculum_stages_then_the_mixture(world):
+    config = PretrainConfig(stages=[[3, {"colour": 1.0}], [2, {"colour": 0.5, "shape": 0.5}]],
+                            mixture={"listing": 1.0})
+    assert [mixture_at(config, s) for s in (0, 2, 3, 4, 5, 99)] == [{"colour": 1.0}] * 2 + \
+        [{"colour": 0.5, "shape": 0.5}] * 2 + [{"listing": 1.0}] * 2
+    records, knowledge, held_out = _load_world_text(world)
+    data = GenerativeData(records, knowledge, held_out, config.mixture)
+    examples = [e for step in range(5) for e in data.batch(0, step, 8, mixture_at(config, step))]
+    questions = {e.text for e in examples}
+    assert questions == {"what colour is the object?", "what shape is the object?"}
+    assert all(e.text == "what colour is the object?" for e in examples[:24]), "stage one asks only for colour"
+    for e in examples:
+        attribute = e.text.split()[1]
+        assert {o[attribute] for o in records[e.image]["objects"]} == {e.answer}, \
+            "asked only of images whose objects all share the answer"
+    assert all(e.answer == listing(records[e.image]["objects"]) for e in data.batch(0, 5, 8)), \
+        "after the stages, the mixture"
+
+
+def test_bad_stages_are_named():
+    for stages in ([[10, {"colour": 0.0}]], [[-1, {"colour": 1.0}]], [[10, {"jumping": 1.0}]], [10]):
+        with pytest.raises(SLQError, match="stages"):
+            PretrainConfig(stages=stages)
+
+
+def test_learning_rate_warms_up_again_at_each_stage():
+    from slq.pretrain import _lr_factor
+
+    config = PretrainConfig(steps=100, warmup_steps=5, stages=[[10, {"colour": 1.0}], [20, {"shape": 1.0}]])
+    assert _lr_factor(0, config) == pytest.approx(0.2, abs=0.01) and _lr_factor(9, config) > 0.9
+    assert _lr_factor(10, config) < 0.25 and _lr_factor(30, config) < 0.25, "a new stage starts gently"
+    assert _lr_factor(35, config) > 0.5 and _lr_factor(99, config) == pytest.approx(config.min_lr_ratio, abs=0.01)

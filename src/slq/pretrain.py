@@ -3,13 +3,15 @@
 SLQ *elicits* retrieval from what a multimodal LLM already knows, and no vision-language weights
 can be downloaded here, so slq pretrains its own tiny one on the shapes world, the way real MLLMs
 are trained: only next-token prediction, never a contrastive objective. Each step draws a batch
-mixing generative tasks (`TASKS`; `PretrainConfig.mixture` says which, listing is not in the default):
+mixing generative tasks (`TASKS`; `PretrainConfig.stages` and then `PretrainConfig.mixture` say which):
 
     caption     user: <image>                      assistant: one of the image's captions
     listing     user: <image>                      assistant: every object, reading order ("a small red star and ...")
     vqa         user: <image> + a short question   assistant: a short answer (from the record's objects)
     paraphrase  user: a caption                    assistant: another caption of the same image
     knowledge   user: a fact of `knowledge_corpus` (language modelling on every token)
+    colour      user: <image> + "what colour is the object?"   assistant: its colour (one-colour images)
+    shape       user: <image> + "what shape is the object?"    assistant: its shape (one-shape images)
 
 The caption and listing prompts are exactly the prompt slq builds for an image (no instruction
 text), and the paraphrase prompt exactly the one it builds for a caption, so the assistant opener,
@@ -22,27 +24,31 @@ answer is replaced by a random token with probability 0.8, while the targets sta
 (Bowman et al.'s word dropout), so the states after the opener must carry what the input shows
 whatever odd tokens follow it, as appended queries will be. It is still next-token prediction.
 
-What we learnt about the vision tower (issue 3; numbers in the model card and the issue's report):
+What we learnt (issue 3; numbers in the model card and the issue's report):
 
-* Trained jointly from step 0 at the language model's learning rate, the tower collapses: the
-  image tokens' norm grows from ~1.6 to ~100 within 500 steps and every token of every image ends
-  up the same vector (cosine 1.0). Greedy captions stay at chance (the model names the same colour
-  and shape for every image). A linear probe shows why it is not just a scale problem: as the tower
-  learns before the language model reads it, it *discards* colour information (probe accuracy for
-  "is there a red object" falls from 0.82 at initialisation towards the majority rate). The growing
-  constant component behaves like an attention sink.
+* The language model must first learn to *read* the image tokens, and a mixture from step 0 never
+  taught it to: after 1,500-3,000 steps of captions, listings, VQA and text, greedy captions still
+  named colours and shapes at chance, whatever the vision tower did (frozen, slow or free).
+* Yet the initial random tower's tokens carry the information: a linear probe on the mean of an
+  image's tokens tells a single object's colour 92% of the time and its shape 59% (chance 17% and
+  20%). Asked nothing but "what colour is the object?", the model reads colour within ~150 steps;
+  asked colour, shape and count questions at once from step 0, it learns none in 500 steps. Hence
+  the curriculum (`PretrainConfig.stages`): colour first, then shape (much slower: after colour,
+  700 steps of shape questions reach 52% with the tower at 3x the learning rate, 34% at 1x), then
+  the mixture, which keeps some colour and shape questions.
+* Switching tasks is a shock: a model that has only answered colour questions puts a loss of ~12 on
+  its first captions, and the large gradients that follow erased its colour reading (100% -> 54%).
+  The learning rate therefore warms up again at every stage, and text-only tasks (knowledge,
+  paraphrase) run from the first stage, so that the vocabulary is not new when the mixture starts.
 * What keeps the image tokens healthy (norm near the word embeddings', distinct tokens): the
   processor normalises pixels with the world's statistics (`WORLD_PIXEL_MEAN/STD`; with CLIP's,
-  the white background gives every patch the same large offset), the merger's output layer starts
-  scaled to the word-embedding scale (`merger_init_scale`), and the tower has its own AdamW group
-  (`vision_lr_ratio`, `vision_weight_decay`), stays frozen for the first `vision_freeze_steps`
-  while the language model learns to read it, and is clipped separately so its large early
-  gradients do not shrink the language model's steps.
-* Healthy tokens were not enough: within 500-1000 steps the language model did not learn to read
-  even a frozen random tower (captions at chance), and once the tower is unfrozen it collapses
-  again within a few hundred steps. Not yet shown to help (no full run finished): `listing`, whose
-  every word after the first is fixed by the image, a far denser visual signal than the world's
-  captions (random templates and order) or one-word VQA answers; and a longer freeze.
+  the white background gives every patch the same large offset) and the merger's output layer
+  starts scaled to the word-embedding scale (`merger_init_scale`). Trained jointly from step 0
+  *before* the language model reads it, the tower collapsed (every token the same vector) and lost
+  colour information; with the curriculum the language model reads it early, and the tower trains
+  from step 0 with its own AdamW group (`vision_lr_ratio`, per-group clipping). In the shipped run
+  its tokens' norm still grew (to ~250, ~370x the word embeddings') without collapsing (cosine
+  between the mean tokens of two images 0.51), and captions read colour from them.
 
 Every batch is a pure function of (seed, step), so a run is deterministic and a resumed run sees
 exactly the batches it would have seen. `caption_attribute_accuracy` scores greedy captions of
@@ -73,7 +79,7 @@ from .families import family_for
 from .shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES, held_out_combos
 from .tiny import build_tiny_model, save_folder
 
-TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge")
+TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge", "colour", "shape")
 IGNORE = -100  # label of tokens that carry no loss
 _MAX_ANSWER_TOKENS = 64  # word dropout covers answers up to this long (captions are about 5-20 tokens)
 
@@ -114,23 +120,28 @@ class PretrainConfig:
     """Settings of one pretraining run; stored in the model card."""
 
     seed: int = 0  # model initialisation and every batch
-    steps: int = 3000  # optimizer steps
+    steps: int = 3500  # optimizer steps
     batch_size: int = 32  # examples per step, tasks mixed
     lr: float = 2e-3  # peak AdamW learning rate
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    mixture: dict = field(default_factory=lambda: {"caption": 0.3, "vqa": 0.5, "paraphrase": 0.1,
-                                                   "knowledge": 0.1})  # task -> share of examples
+    mixture: dict = field(default_factory=lambda: {"listing": 0.24, "vqa": 0.32, "caption": 0.12, "paraphrase": 0.04,
+                                                   "knowledge": 0.08, "colour": 0.1, "shape": 0.1})
+    # task -> share of examples, once the leading `stages` are over
+    stages: list = field(default_factory=lambda: [
+        [300, {"colour": 0.8, "knowledge": 0.1, "paraphrase": 0.1}],
+        [1200, {"colour": 0.25, "shape": 0.55, "knowledge": 0.1, "paraphrase": 0.1}]])
+    # leading [steps, mixture] pairs: the curriculum that teaches the language model to read the image
     noise_prob: float = 0.5  # share of caption/paraphrase examples whose answer *inputs* are corrupted
     noise_rate: float = 0.8  # in such an example, each answer input token becomes a random token with this chance
     save_every: int = 500  # steps between resumable checkpoints (0 = none)
     threads: int = 1  # torch threads: results are reproducible for a given count; two threads gain
     # little on a model this small and slow down badly when another process shares the cores
     image_side: int = 64  # the processor resizes images to this square: (image_side / 16)^2 tokens
-    vision_lr_ratio: float = 0.3  # the vision tower (model.visual) learns at lr * vision_lr_ratio
-    vision_freeze_steps: int = 800  # the vision tower stays at its initialisation for this many first steps
+    vision_lr_ratio: float = 1.0  # the vision tower (model.visual) learns at lr * vision_lr_ratio
+    vision_freeze_steps: int = 0  # the vision tower stays at its initialisation for this many first steps
     vision_weight_decay: float = 0.05  # AdamW weight decay of the vision tower
     merger_init_scale: float = 0.2  # at initialisation, scale the merger's output layer by this factor
     image_mean: list | None = field(default_factory=lambda: list(WORLD_PIXEL_MEAN))  # processor's (None: CLIP's)
@@ -145,9 +156,11 @@ class PretrainConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
-        need(set(self.mixture) <= set(TASKS) and sum(self.mixture.values()) > 0
-             and all(v >= 0 for v in self.mixture.values()), "mixture",
+        need(_is_mixture(self.mixture), "mixture",
              f"must map some of {', '.join(TASKS)} to non-negative shares, not all zero")
+        need(all(isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[0], int) and st[0] >= 0
+                 and _is_mixture(st[1]) for st in self.stages), "stages",
+             f"must be a list of [steps >= 0, mixture] pairs, each mixture over {', '.join(TASKS)}")
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(0 <= self.noise_prob <= 1, "noise_prob", "must lie in [0, 1]")
         need(0 <= self.noise_rate <= 1, "noise_rate", "must lie in [0, 1]")
@@ -158,6 +171,20 @@ class PretrainConfig:
         need(self.vision_weight_decay >= 0, "vision_weight_decay", "must be >= 0")
         need(math.isfinite(self.merger_init_scale) and self.merger_init_scale > 0, "merger_init_scale",
              "must be a positive number")
+
+
+def _is_mixture(mixture: object) -> bool:
+    return (isinstance(mixture, dict) and set(mixture) <= set(TASKS) and sum(mixture.values()) > 0
+            and all(v >= 0 for v in mixture.values()))
+
+
+def mixture_at(config: PretrainConfig, step: int) -> dict:
+    """The task mixture of `step`: the stage it falls in, or `config.mixture` after the stages."""
+    for steps, mixture in config.stages:
+        if step < steps:
+            return mixture
+        step -= steps
+    return config.mixture
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +267,10 @@ class GenerativeData:
         self.records, self.knowledge, self.held_out = list(records), list(knowledge), held_out
         assert noise_ids or not noise_prob, "word dropout needs token ids to draw from"
         self.noise_ids, self.noise_prob, self.noise_rate = list(noise_ids), noise_prob, noise_rate
-        self.tasks = [t for t in TASKS if mixture.get(t, 0) > 0]
-        self.weights = [mixture[t] for t in self.tasks]
+        self.mixture = mixture
+        # images whose objects all share a colour (a shape): "the object's" colour (shape) is defined
+        self.one = {attr: [i for i, r in enumerate(self.records) if len({o[attr] for o in r["objects"]}) == 1]
+                    for attr in ("colour", "shape")}
 
     def example(self, task: str, rng: random.Random) -> Example:
         if task == "knowledge":
@@ -255,6 +284,10 @@ class GenerativeData:
         if task == "paraphrase":
             first, second = rng.sample(range(len(record["captions"])), 2)
             return Example(None, record["captions"][first], record["captions"][second], noise=self._noise(rng))
+        if task in ("colour", "shape"):
+            assert self.one[task], f"no training image whose objects share one {task}"
+            index = rng.choice(self.one[task])
+            return Example(index, f"what {task} is the object?", self.records[index]["objects"][0][task])
         question, answer = rng.choice(vqa_pairs(record["objects"], self.held_out, rng))
         return Example(index, question, answer)
 
@@ -267,9 +300,14 @@ class GenerativeData:
         return tuple(rng.choice(self.noise_ids) if rng.random() < self.noise_rate else -1
                      for _ in range(_MAX_ANSWER_TOKENS))
 
-    def batch(self, seed: int, step: int, size: int) -> list[Example]:
+    def batch(self, seed: int, step: int, size: int, mixture: dict | None = None) -> list[Example]:
+        """`size` examples of tasks drawn from `mixture` (default: the one given at construction)."""
+        mixture = mixture or self.mixture
+        assert self.knowledge or not mixture.get("knowledge"), "the knowledge task needs a corpus"
+        tasks = [t for t in TASKS if mixture.get(t, 0) > 0]
+        weights = [mixture[t] for t in tasks]
         rng = _rng(seed, "batch", step)
-        return [self.example(rng.choices(self.tasks, self.weights)[0], rng) for _ in range(size)]
+        return [self.example(rng.choices(tasks, weights)[0], rng) for _ in range(size)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,11 +373,17 @@ class Collator:
 
 
 def _lr_factor(step: int, config: PretrainConfig) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio`."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Cosine decay to `min_lr_ratio`, times a linear warmup at the start *of every stage*: when the
+    tasks change, AdamW's second moments still describe the old ones (tokens never seen as targets
+    have tiny ones), so full-size steps would wreck what the last stage taught."""
+    since = step
+    for steps, _ in config.stages:
+        if since < steps:
+            break
+        since -= steps
+    warm = min(1.0, (since + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    progress = step / max(1, config.steps)
+    return warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _param_groups(model, config: PretrainConfig) -> list[dict]:
@@ -460,7 +504,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
         for group in optimizer.param_groups:
             frozen = group["vision"] and step < config.vision_freeze_steps
             group["lr"] = 0.0 if frozen else config.lr * group["lr_ratio"] * _lr_factor(step, config)
-        batch = collate(data.batch(config.seed, step, config.batch_size))
+        batch = collate(data.batch(config.seed, step, config.batch_size, mixture_at(config, step)))
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -626,6 +670,10 @@ _TASK_CARD = {
            "one-word answer",
     "paraphrase": "user = a caption (exactly slq's text prompt), assistant = another caption of the same image",
     "knowledge": "language modelling on the world's knowledge corpus",
+    "colour": "user = an image whose objects share one colour and \"what colour is the object?\", assistant = "
+              "the colour",
+    "shape": "user = an image whose objects share one shape and \"what shape is the object?\", assistant = "
+             "the shape",
 }
 
 
@@ -653,6 +701,12 @@ def model_card(info: dict) -> str:
         "- tasks (next-token loss on the assistant's tokens; on every token for facts), mixture "
         + ", ".join(f"{k} {v:.0%}" for k, v in cfg["mixture"].items()) + ":",
         *[f"  - {task}: {_TASK_CARD[task]}" for task in TASKS if cfg["mixture"].get(task)],
+        *([f"- curriculum (before that mixture): " + "; then ".join(
+            f"{steps} steps of " + ", ".join(f"{k} {v:.0%}" for k, v in mixture.items())
+            for steps, mixture in cfg["stages"]) + ". Trained on the mixture from the first step, the language "
+           "model never learnt to read the image tokens (captions stayed at chance); on colour questions alone "
+           "it reads colour within ~150 steps, and the other tasks build on that. The learning rate warms up "
+           "again at the start of each stage"] if cfg.get("stages") else []),
         f"  - word dropout: in {cfg['noise_prob']:.0%} of caption, listing and paraphrase examples each answer *input* "
         f"token is replaced by a random token with probability {cfg['noise_rate']}, the targets unchanged, so "
         "the model keeps describing its input whatever tokens follow the assistant opener (where SLQ appends "
@@ -688,6 +742,11 @@ def model_card(info: dict) -> str:
     if info.get("comparison"):
         lines += ["## Retrieval elicited by SLQ", "", info["comparison_command"], "", "```",
                   info["comparison"], "```", ""]
+    if info.get("fingerprint"):
+        fp = info["fingerprint"]
+        lines += ["## Fingerprint", "",
+                  f"- `model.safetensors` sha256: `{fp['safetensors_sha256']}`",
+                  f"- config sha256 (`slq.backbone.Backbone.fingerprint`): `{fp['config_sha256']}`", ""]
     lines += ["## Limits", "",
               "A toy: small images of up to three coloured shapes, a vocabulary of about a hundred words. "
               "It is meant for demonstrating and testing slq offline, not for real images or text.", ""]
