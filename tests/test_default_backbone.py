@@ -1,0 +1,61 @@
+"""The shipped default backbone, slq-tiny-vl: it loads like a download, is the checkpoint its model
+card describes, can still caption, and the demo runs on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from slq.backbone import Backbone
+from slq.demo import DEFAULT_BACKBONE, DEMO_METHODS, DEMO_SEED, run_demo
+from slq.pretrain import caption_attribute_accuracy
+from slq.shapes import write_world
+
+CARD = json.loads((DEFAULT_BACKBONE / "pretraining.json").read_text())
+
+
+def test_shipped_checkpoint_is_the_one_its_card_describes():
+    weights = DEFAULT_BACKBONE / "model.safetensors"
+    assert weights.stat().st_size <= 25 * 2**20, "the issue's size limit"
+    fingerprint = Backbone.load(DEFAULT_BACKBONE).fingerprint()
+    recorded = CARD["fingerprint"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == recorded["safetensors_sha256"]
+    assert fingerprint["config_sha256"] == recorded["config_sha256"]
+    assert fingerprint["weights_probe"] == pytest.approx(recorded["weights_probe"], rel=1e-5)
+    card = (DEFAULT_BACKBONE / "README.md").read_text()
+    assert recorded["safetensors_sha256"] in card and recorded["config_sha256"] in card
+    assert fingerprint["model_type"] == "qwen2_vl", "the M-RoPE family, as the issue prefers"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_world(tmp_path_factory.mktemp("default") / "world", n_train=8, n_val=1, n_test=32, seed=DEMO_SEED,
+                       progress=False)
+
+
+def test_shipped_checkpoint_still_names_colours(world):
+    """The capability check of the model card, on a slice of the test split: the colours its greedy
+    captions name are in the image (a random twin names one at chance, about a third)."""
+    accuracy = caption_attribute_accuracy(DEFAULT_BACKBONE, world["test"], limit=32, progress=False)
+    assert accuracy["colour"] >= 0.9, accuracy
+    assert CARD["caption_accuracy"]["colour"] >= 0.9
+
+
+def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path):
+    report = run_demo(tmp_path, n_train=32, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False,
+                      log=lambda *_: None)
+    assert report["backbone"] == str(DEFAULT_BACKBONE)
+    assert list(report["methods"]) == list(DEMO_METHODS)
+    assert json.loads((tmp_path / "report.json").read_text())["chance_R@1"] == 1 / 16
+
+
+def test_demo_refuses_a_missing_default_backbone(tmp_path, monkeypatch):
+    import slq.demo
+    from slq.errors import SLQError
+
+    monkeypatch.setattr(slq.demo, "DEFAULT_BACKBONE", tmp_path / "gone")
+    with pytest.raises(SLQError, match="default backbone is missing"):
+        run_demo(tmp_path / "out", n_train=8, n_test=4, log=lambda *_: None)
+    assert not (tmp_path / "out").exists(), "refused before writing anything"
