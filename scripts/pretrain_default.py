@@ -4,8 +4,8 @@
 
 Writes the shapes world (seeded) into a work folder, builds the randomly initialised model with a
 tokenizer trained on the world's texts, pretrains it generatively (`slq.pretrain`), scores its
-captions on the test split and, unless --no-compare, measures what SLQ elicits with the demo's
-settings (`slq.compare.compare`); the numbers go into the folder's README.md model card.
+captions on the test split and, unless --no-compare, runs `slq demo` on it (what SLQ elicits,
+against zero-shot pooling and a random twin); the numbers go into the folder's README.md model card.
 Deterministic under --seed; a killed run resumes from its work folder.
 """
 

@@ -13,14 +13,16 @@ from slq.demo import DEFAULT_BACKBONE, DEMO_METHODS, DEMO_SEED, run_demo
 from slq.pretrain import caption_attribute_accuracy
 from slq.shapes import write_world
 
-CARD = json.loads((DEFAULT_BACKBONE / "pretraining.json").read_text())
+
+def _card() -> dict:
+    return json.loads((DEFAULT_BACKBONE / "pretraining.json").read_text())
 
 
 def test_shipped_checkpoint_is_the_one_its_card_describes():
     weights = DEFAULT_BACKBONE / "model.safetensors"
     assert weights.stat().st_size <= 25 * 2**20, "the issue's size limit"
     fingerprint = Backbone.load(DEFAULT_BACKBONE).fingerprint()
-    recorded = CARD["fingerprint"]
+    recorded = _card()["fingerprint"]
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == recorded["safetensors_sha256"]
     assert fingerprint["config_sha256"] == recorded["config_sha256"]
     assert fingerprint["weights_probe"] == pytest.approx(recorded["weights_probe"], rel=1e-5)
@@ -40,7 +42,6 @@ def test_shipped_checkpoint_still_names_colours(world):
     captions name are in the image (a random twin names one at chance, about a third)."""
     accuracy = caption_attribute_accuracy(DEFAULT_BACKBONE, world["test"], limit=32, progress=False)
     assert accuracy["colour"] >= 0.9, accuracy
-    assert CARD["caption_accuracy"]["colour"] >= 0.9
 
 
 def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path):

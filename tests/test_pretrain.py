@@ -17,7 +17,8 @@ from slq.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainCon
                           score_caption, vision_feature_health, vqa_pairs)
 from slq.shapes import held_out_combos, write_world
 
-FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1)
+FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1,
+            stages=[[1, {"colour": 1.0}], [1, {"shape": 1.0}]])  # short runs reach the mixture
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_a_few_steps_lower_the_loss(run):
 
 
 def test_two_steps_are_deterministic(world, tmp_path, init):
-    config = PretrainConfig(steps=2, **FAST)
+    config = PretrainConfig(steps=3, **FAST)
     a = pretrain(tmp_path / "a", world, config, work_dir=_work(init, tmp_path / "wa"), progress=False)
     b = pretrain(tmp_path / "b", world, config, work_dir=_work(init, tmp_path / "wb"), progress=False)
     assert a.history == b.history
@@ -163,7 +164,7 @@ def test_caption_scorer():
 def test_resume_continues_exactly(world, tmp_path, init):
     config = PretrainConfig(steps=3, **dict(FAST, save_every=2))
     whole = pretrain(tmp_path / "whole", world, config, work_dir=_work(init, tmp_path / "work"), progress=False)
-    assert (tmp_path / "work" / "checkpoint" / "state.json").is_file(), "a checkpoint at step 2"
+    assert (tmp_path / "work" / "checkpoint" / "state.json").is_file(), "a checkpoint at step 2, where the stages end"
     resumed = pretrain(tmp_path / "resumed", world, config, work_dir=tmp_path / "work", progress=False,
                        log=lambda *_: None)
     assert resumed.history == whole.history
@@ -181,7 +182,7 @@ def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
     for name, settings, tower_moves in (("ratio0", dict(vision_lr_ratio=0.0, vision_freeze_steps=0), False),
                                         ("frozen", dict(vision_lr_ratio=1.0, vision_freeze_steps=1), False),
                                         ("free", dict(vision_lr_ratio=1.0, vision_freeze_steps=0), True)):
-        config = PretrainConfig(steps=1, **dict(FAST, merger_init_scale=1.0, **settings))  # no rescaling
+        config = PretrainConfig(steps=1, **dict(FAST, stages=[], merger_init_scale=1.0, **settings))  # no rescaling
         pretrain(tmp_path / name, world, config, work_dir=_work(init, tmp_path / f"w{name}"), progress=False)
         after = load_file(tmp_path / name / "model.safetensors")
         moved = [k for k in visual if not torch.equal(before[k], after[k])]
@@ -191,7 +192,7 @@ def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
 
 
 def test_merger_scale_and_pixel_statistics_reach_the_checkpoint(world, tmp_path, init):
-    config = PretrainConfig(steps=1, **dict(FAST, lr=1e-9, merger_init_scale=0.25, image_mean=[0.9, 0.9, 0.9],
+    config = PretrainConfig(steps=1, **dict(FAST, stages=[], lr=1e-9, merger_init_scale=0.25, image_mean=[0.9, 0.9, 0.9],
                                             image_std=[0.2, 0.2, 0.2]))
     work = tmp_path / "w"
     pretrain(tmp_path / "m", world, config, work_dir=work, progress=False)
@@ -260,9 +261,14 @@ def test_curriculum_stages_then_the_mixture(world):
 
 
 def test_bad_stages_are_named():
-    for stages in ([[10, {"colour": 0.0}]], [[-1, {"colour": 1.0}]], [[10, {"jumping": 1.0}]], [10]):
+    for stages in ([[10, {"colour": 0.0}]], [[-1, {"colour": 1.0}]], [[10, {"jumping": 1.0}]], [10], None,
+                   [[10, {"colour": "all"}]]):
         with pytest.raises(SLQError, match="stages"):
             PretrainConfig(stages=stages)
+    with pytest.raises(SLQError, match="the mixture would never train"):
+        PretrainConfig(steps=1000)  # the default stages take 1,500
+    with pytest.raises(SLQError, match="warmup_steps"):
+        PretrainConfig(warmup_steps=-5)
 
 
 def test_learning_rate_warms_up_again_at_each_stage():

@@ -365,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole method on a generated shapes world, offline (what `make demo` runs)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--backbone", default=None,
-                   help="checkpoint folder, or 'random' for a tiny random qwen2_vl (default: slq-tiny-vl, "
-                        "the shipped pretrained backbone)")
+                   help="checkpoint folder, or 'random' for a tiny random qwen2_vl (a folder named random: "
+                        "./random; default: slq-tiny-vl, the shipped pretrained backbone)")
     p.add_argument("--n-train", type=int, default=2000, help="training images (default: 2000)")
     p.add_argument("--n-test", type=int, default=200, help="test images (default: 200)")
     p.add_argument("--epochs", type=int, default=5, help="SLQ epochs (default: 5)")

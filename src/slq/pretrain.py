@@ -156,11 +156,16 @@ class PretrainConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
         need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
         need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
+        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
         need(_is_mixture(self.mixture), "mixture",
              f"must map some of {', '.join(TASKS)} to non-negative shares, not all zero")
-        need(all(isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[0], int) and st[0] >= 0
-                 and _is_mixture(st[1]) for st in self.stages), "stages",
+        need(isinstance(self.stages, (list, tuple)) and all(
+            isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[0], int) and st[0] >= 0
+            and _is_mixture(st[1]) for st in self.stages), "stages",
              f"must be a list of [steps >= 0, mixture] pairs, each mixture over {', '.join(TASKS)}")
+        need(sum(st[0] for st in self.stages) < self.steps, "stages",
+             f"take {sum(st[0] for st in self.stages)} steps of the run's {self.steps}: the mixture would never "
+             "train; shorten them (e.g. stages=[]) or raise steps")
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(0 <= self.noise_prob <= 1, "noise_prob", "must lie in [0, 1]")
         need(0 <= self.noise_rate <= 1, "noise_rate", "must lie in [0, 1]")
@@ -174,8 +179,8 @@ class PretrainConfig:
 
 
 def _is_mixture(mixture: object) -> bool:
-    return (isinstance(mixture, dict) and set(mixture) <= set(TASKS) and sum(mixture.values()) > 0
-            and all(v >= 0 for v in mixture.values()))
+    return (isinstance(mixture, dict) and set(mixture) <= set(TASKS)
+            and all(isinstance(v, (int, float)) and v >= 0 for v in mixture.values()) and sum(mixture.values()) > 0)
 
 
 def mixture_at(config: PretrainConfig, step: int) -> dict:
@@ -700,17 +705,16 @@ def model_card(info: dict) -> str:
         "held-out colour-shape pairs never appear (not in images, captions or questions)",
         "- tasks (next-token loss on the assistant's tokens; on every token for facts), mixture "
         + ", ".join(f"{k} {v:.0%}" for k, v in cfg["mixture"].items()) + ":",
-        *[f"  - {task}: {_TASK_CARD[task]}" for task in TASKS if cfg["mixture"].get(task)],
-        *([f"- curriculum (before that mixture): " + "; then ".join(
-            f"{steps} steps of " + ", ".join(f"{k} {v:.0%}" for k, v in mixture.items())
-            for steps, mixture in cfg["stages"]) + ". Trained on the mixture from the first step, the language "
-           "model never learnt to read the image tokens (captions stayed at chance); on colour questions alone "
-           "it reads colour within ~150 steps, and the other tasks build on that. The learning rate warms up "
-           "again at the start of each stage"] if cfg.get("stages") else []),
+        *[f"  - {task}: {_TASK_CARD[task]}" for task in TASKS
+          if cfg["mixture"].get(task) or any(m.get(task) for _, m in cfg.get("stages", []))],
         f"  - word dropout: in {cfg['noise_prob']:.0%} of caption, listing and paraphrase examples each answer *input* "
         f"token is replaced by a random token with probability {cfg['noise_rate']}, the targets unchanged, so "
         "the model keeps describing its input whatever tokens follow the assistant opener (where SLQ appends "
         "its queries)",
+        *([f"- curriculum, before that mixture: " + "; then ".join(
+            f"{steps} steps of " + ", ".join(f"{k} {v:.0%}" for k, v in mixture.items())
+            for steps, mixture in cfg["stages"]) + "; the learning rate warms up again at the start of each stage "
+           "(why: `slq.pretrain`'s docstring)"] if cfg.get("stages") else []),
         f"- vision tower: pixels normalised with mean {cfg.get('image_mean')} and std {cfg.get('image_std')} "
         f"(None: CLIP's); the merger's output layer scaled by {cfg.get('merger_init_scale', 1.0)} at initialisation; "
         f"frozen for the first {cfg.get('vision_freeze_steps', 0)} steps, then learning rate x"
