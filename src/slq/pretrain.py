@@ -183,13 +183,19 @@ def _is_mixture(mixture: object) -> bool:
             and all(isinstance(v, (int, float)) and v >= 0 for v in mixture.values()) and sum(mixture.values()) > 0)
 
 
-def mixture_at(config: PretrainConfig, step: int) -> dict:
-    """The task mixture of `step`: the stage it falls in, or `config.mixture` after the stages."""
+def _stage_at(config: PretrainConfig, step: int) -> tuple[dict, int]:
+    """(the mixture of the stage `step` falls in, or `config.mixture` after the stages; steps since
+    that stage began)."""
     for steps, mixture in config.stages:
         if step < steps:
-            return mixture
+            return mixture, step
         step -= steps
-    return config.mixture
+    return config.mixture, step
+
+
+def mixture_at(config: PretrainConfig, step: int) -> dict:
+    """The task mixture of `step`: the stage it falls in, or `config.mixture` after the stages."""
+    return _stage_at(config, step)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,11 +387,7 @@ def _lr_factor(step: int, config: PretrainConfig) -> float:
     """Cosine decay to `min_lr_ratio`, times a linear warmup at the start *of every stage*: when the
     tasks change, AdamW's second moments still describe the old ones (tokens never seen as targets
     have tiny ones), so full-size steps would wreck what the last stage taught."""
-    since = step
-    for steps, _ in config.stages:
-        if since < steps:
-            break
-        since -= steps
+    since = _stage_at(config, step)[1]
     warm = min(1.0, (since + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     progress = step / max(1, config.steps)
     return warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
