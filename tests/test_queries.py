@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from slq.loss import ContrastiveLoss
-from slq.queries import ENGINES, LatentQueries, _append_placeholders, pool, query_states
+from slq.queries import (ENGINES, LatentQueries, PromptBatch, _append_placeholders, pool, queries_on_prompts,
+                         query_states, run_prompts)
 from slq.tiny import TINY_FAMILIES
 
 NUM_QUERIES = 5
@@ -168,6 +169,23 @@ def test_cached_engine_equals_naive_loss(backbones, family):
     relative = ((grad_n - grad_c).norm() / grad_n.norm()).item()  # float32 rounding gives ~1e-6
     assert relative <= 1e-5, f"query gradients differ: relative error {relative:.2e}"
     assert torch.allclose(temp_n, temp_c, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_prompts_kept_one_by_one_rejoin_into_the_same_batch(backbones, family):
+    """Split into per-prompt states (what the prompt cache keeps), reversed and re-joined with other
+    padding, the prompts give their queries the same states as the batch straight from the run."""
+    backbone = backbones[family]
+    batch, queries = _batch(backbone, "text"), _queries(backbone)  # texts of different lengths: left padding
+    with torch.no_grad():
+        run = run_prompts(backbone, batch, NUM_QUERIES)
+        direct = queries_on_prompts(backbone, run, queries.weight)
+        states = run.split()
+        assert [s.length for s in states] == batch.attention_mask.sum(-1).tolist()
+        longer = run_prompts(backbone, backbone.text_batch([" and ".join(TEXTS)]), NUM_QUERIES).split()
+        rejoined = PromptBatch.join(states[::-1] + longer, backbone.dtype, backbone.device)  # more padding
+        again = queries_on_prompts(backbone, rejoined, queries.weight)[:2].flip(0)
+    assert (direct - again).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -74,29 +74,63 @@ class PromptState:
     """One prompt run once without grad: what its queries need, and nothing that depends on them.
 
     Since the backbone is frozen and the queries come last, this never changes during training,
-    so it can be kept across epochs (see `PromptCache`).
+    so it can be kept across epochs (see `PromptCache`). Layers are stacked in one tensor so that
+    moving a prompt in or out of a batch is one copy, not one per layer (on a GPU, per-layer copies
+    made the cached engine launch-bound).
     """
 
-    keys: tuple[torch.Tensor, ...]  # per layer (kv_heads, L, head_dim), the prompt's real tokens only
-    values: tuple[torch.Tensor, ...]
+    keys: torch.Tensor  # (layers, kv_heads, L, head_dim), the prompt's real tokens only
+    values: torch.Tensor
     query_positions: torch.Tensor  # (N_q,) or (3, N_q) for M-RoPE: where the queries continue
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[-2]
+        return self.keys.shape[-2]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        return 2 * self.keys.numel() * self.keys.element_size()
 
     def to(self, dtype: torch.dtype) -> "PromptState":
-        return PromptState(tuple(k.to(dtype) for k in self.keys), tuple(v.to(dtype) for v in self.values),
-                           self.query_positions)
+        return PromptState(self.keys.to(dtype), self.values.to(dtype), self.query_positions)
+
+
+@dataclass
+class PromptBatch:
+    """Prompts' keys/values as one left-padded batch, ready for their queries to run on."""
+
+    keys: tuple[torch.Tensor, ...]  # per layer (B, kv_heads, L, head_dim)
+    values: tuple[torch.Tensor, ...]
+    attention_mask: torch.Tensor  # (B, L), 0 at left padding
+    query_positions: torch.Tensor  # (B, N_q) or (3, B, N_q)
+
+    def split(self) -> list[PromptState]:
+        """One `PromptState` per prompt, padding dropped (for keeping across epochs)."""
+        keys, values = torch.stack(self.keys), torch.stack(self.values)  # (layers, B, kv, L, hd)
+        prefix_len = keys.shape[-2]
+        return [PromptState(keys[:, row, :, prefix_len - real:].clone(), values[:, row, :, prefix_len - real:].clone(),
+                            self.query_positions[..., row, :].clone())
+                for row, real in enumerate(self.attention_mask.sum(-1).tolist())]
+
+    @classmethod
+    def join(cls, states: list[PromptState], dtype: torch.dtype, device: torch.device) -> "PromptBatch":
+        """Left-pad and stack prompt states (kept ones and fresh ones alike) into one batch."""
+        first, longest = states[0].keys, max(s.length for s in states)
+        layers, kv_heads, _, head_dim = first.shape
+        keys = torch.zeros((layers, len(states), kv_heads, longest, head_dim), dtype=dtype, device=device)
+        values = torch.zeros_like(keys)
+        mask = torch.zeros(len(states), longest, dtype=torch.long, device=device)
+        for row, state in enumerate(states):
+            keys[:, row, :, longest - state.length:] = state.keys
+            values[:, row, :, longest - state.length:] = state.values
+            mask[row, longest - state.length:] = 1
+        positions = torch.stack([s.query_positions for s in states], dim=-2).to(device)
+        return cls(keys.unbind(0), values.unbind(0), mask, positions)
 
 
 @torch.no_grad()
-def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> list[PromptState]:
-    """Run a batch of prompts once, without grad, and split the keys/values per prompt."""
+def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> PromptBatch:
+    """Run a batch of prompts once, without grad, keeping their keys/values."""
     prefix_len = batch.input_ids.shape[1]
     ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
     position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
@@ -106,42 +140,23 @@ def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> lis
     out = backbone.model.model(
         inputs_embeds=backbone.input_embeddings(batch.input_ids), attention_mask=batch.attention_mask,
         position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs, **extra,
-        past_key_values=DynamicCache(),  # full-length layers: the slicing below assumes every key is kept
+        past_key_values=DynamicCache(),  # full-length layers: the batch keeps every key
     )
     layers = out.past_key_values.layers
-    states = []
-    for row, real in enumerate(batch.attention_mask.sum(-1).tolist()):
-        start = prefix_len - real  # left padding
-        states.append(PromptState(
-            tuple(layer.keys[row, :, start:].clone() for layer in layers),
-            tuple(layer.values[row, :, start:].clone() for layer in layers),
-            position_ids[..., row, prefix_len:].clone(),
-        ))
-    return states
+    return PromptBatch(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers),
+                       batch.attention_mask, position_ids[..., prefix_len:])
 
 
-def queries_on_prompts(backbone: Backbone, states: list[PromptState], queries: torch.Tensor) -> torch.Tensor:
+def queries_on_prompts(backbone: Backbone, prompts: PromptBatch, queries: torch.Tensor) -> torch.Tensor:
     """Run only the queries, with grad, on the prompts' keys/values: (B, N_q, d)."""
     from transformers import DynamicCache
 
-    num_queries, longest, dtype = queries.shape[0], max(s.length for s in states), backbone.dtype
-    mask = torch.zeros(len(states), longest + num_queries, dtype=torch.long, device=backbone.device)
-    cache_data = []
-    for layer in range(len(states[0].keys)):
-        first = states[0].keys[layer]
-        keys = first.new_zeros((len(states), first.shape[0], longest, first.shape[-1]), dtype=dtype)  # (B, kv, L, hd)
-        values = torch.zeros_like(keys)
-        for row, state in enumerate(states):
-            keys[row, :, longest - state.length:] = state.keys[layer]
-            values[row, :, longest - state.length:] = state.values[layer]
-        cache_data.append((keys, values))
-    for row, state in enumerate(states):
-        mask[row, longest - state.length:] = 1  # left padding, then the queries
-    position_ids = torch.stack([s.query_positions for s in states], dim=-2)  # (B, Nq) or (3, B, Nq)
-    q = queries.to(dtype).unsqueeze(0).expand(len(states), -1, -1)  # (B, Nq, d)
-    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=position_ids,
+    b, num_queries = prompts.attention_mask.shape[0], queries.shape[0]
+    mask = torch.cat([prompts.attention_mask, prompts.attention_mask.new_ones((b, num_queries))], dim=1)
+    q = queries.to(backbone.dtype).unsqueeze(0).expand(b, -1, -1)  # (B, Nq, d)
+    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=prompts.query_positions,
                                # no config: sliding-window layers would drop keys; the masks still apply the window
-                               past_key_values=DynamicCache(ddp_cache_data=cache_data),
+                               past_key_values=DynamicCache(ddp_cache_data=list(zip(prompts.keys, prompts.values))),
                                use_cache=True)
     return out.last_hidden_state
 

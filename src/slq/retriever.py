@@ -15,7 +15,7 @@ from .backbone import Backbone, PrefixBatch
 from .data import ImageRecord
 from .encoder import Encoder, ImageInput
 from .errors import AdapterError
-from .queries import LatentQueries, PromptCache, pool, queries_on_prompts, query_states, run_prompts
+from .queries import LatentQueries, PromptBatch, PromptCache, pool, queries_on_prompts, query_states, run_prompts
 
 
 class SLQRetriever(Encoder):
@@ -84,9 +84,9 @@ class SLQRetriever(Encoder):
         missing = [i for i, state in enumerate(states) if state is None]
         if missing:
             fresh = run_prompts(self.backbone, prepare([items[i] for i in missing]), self.queries.num_queries)
-            for i, state in zip(missing, fresh):
+            for i, state in zip(missing, fresh.split()):
                 states[i] = state
                 if keys[i] is not None:
                     cache.put(keys[i], state)
-        states = [s.to(self.backbone.dtype) for s in states]
-        return pool(queries_on_prompts(self.backbone, states, self.queries.weight))
+        prompts = PromptBatch.join(states, self.backbone.dtype, self.backbone.device)
+        return pool(queries_on_prompts(self.backbone, prompts, self.queries.weight))
