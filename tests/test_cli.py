@@ -49,6 +49,16 @@ def test_train_writes_an_adapter_and_leaves_the_backbone_alone(trained):
     assert "4 x 32 = 128 trainable parameters" in (adapter / "README.md").read_text()
 
 
+def test_train_keeps_prompts_beyond_the_ram_budget_on_disk(trained, shapes_jsonl, tmp_path):
+    backbone, _, _ = trained
+    proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", tmp_path / "a", "--num-queries", 4,
+               "--batch-size", 4, "--epochs", 2, "--prompt-cache-mb", 0.01, "--prompt-cache-disk-mb", 16,
+               "--prompt-cache-dtype", "bfloat16")
+    stats = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["training"]["prompt_cache"]
+    assert stats["mb"] <= 0.01 and stats["disk_mb"] > 0 and stats["hits"] >= 16  # epoch 2 finds every image
+    assert "MB on disk" in proc.stderr
+
+
 def test_eval_prints_and_writes_the_report(trained, shapes_jsonl, tmp_path):
     backbone, adapter, _ = trained
     report_path = tmp_path / "sub" / "report.json"

@@ -96,7 +96,8 @@ def test_batch_larger_than_dataset_is_refused(shapes_jsonl):
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 1), ("num_queries", 0), ("temperature", 5.0),
-                                         ("epochs", 0), ("warmup_steps", -1)])
+                                         ("epochs", 0), ("warmup_steps", -1), ("prompt_cache_disk_mb", -1.0),
+                                         ("prompt_cache_dtype", "int8")])
 def test_bad_settings_name_the_option(field, value):
     with pytest.raises(SLQError, match=f"--{field.replace('_', '-')}"):
         TrainConfig(**{field: value})
@@ -109,21 +110,28 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 
 def test_prompt_cache_reuses_prompts_across_epochs_without_changing_training(tiny_dirs, shapes_jsonl):
-    """Epochs after the first run only the queries, and the run matches one without the cache."""
+    """Epochs after the first run only the queries, and the run matches one without the cache, whether
+    the prompts are kept in RAM or (beyond a small RAM budget) in the disk file."""
     data = load_jsonl(shapes_jsonl)  # 16 images, 2 captions each
+    caches = {"off": {}, "ram": {"prompt_cache_mb": 64.0},
+              "disk": {"prompt_cache_mb": 0.01, "prompt_cache_disk_mb": 64.0}}
     runs = {}
-    for budget in (0.0, 64.0):
-        retriever, config = _run(tiny_dirs, data, epochs=3, prompt_cache_mb=budget)
-        runs[budget] = (train(retriever, data, config, progress=False), retriever.queries.weight.detach().clone())
-    (plain, q_plain), (cached, q_cached) = runs[0.0], runs[64.0]
+    for name, settings in caches.items():
+        retriever, config = _run(tiny_dirs, data, epochs=3, **settings)
+        runs[name] = (train(retriever, data, config, progress=False), retriever.queries.weight.detach().clone())
+    plain, q_plain = runs["off"]
     assert plain.prompt_cache is None
-    stats = cached.prompt_cache
-    assert 16 < stats["prompts"] <= 16 + len(set(data.texts()))  # every image, and the captions drawn
-    # epoch 1 misses every image (16) and the captions it draws; epochs 2 and 3 hit every image
-    assert stats["hits"] >= 2 * 16 and stats["misses"] <= stats["prompts"]
-    losses_plain, losses_cached = [h["loss"] for h in plain.history], [h["loss"] for h in cached.history]
-    assert losses_plain == pytest.approx(losses_cached, abs=1e-5)
-    assert torch.allclose(q_plain, q_cached, atol=1e-5)
+    for name in ("ram", "disk"):
+        cached, q_cached = runs[name]
+        stats = cached.prompt_cache
+        assert 16 < stats["prompts"] <= 16 + len(set(data.texts()))  # every image, and the captions drawn
+        # epoch 1 misses every image (16) and the captions it draws; epochs 2 and 3 hit every image
+        assert stats["hits"] >= 2 * 16 and stats["misses"] <= stats["prompts"]
+        losses_plain, losses_cached = [h["loss"] for h in plain.history], [h["loss"] for h in cached.history]
+        assert losses_plain == pytest.approx(losses_cached, abs=1e-5), name
+        assert torch.allclose(q_plain, q_cached, atol=1e-5), name
+    ram, disk = runs["ram"][0].prompt_cache, runs["disk"][0].prompt_cache
+    assert ram["disk_mb"] == 0 and disk["mb"] <= 0.01 and disk["disk_mb"] > 0.9 * ram["mb"]
 
 
 def test_prompt_cache_respects_its_budget(tiny_dirs, shapes_jsonl):
@@ -151,6 +159,22 @@ def test_cached_prompts_embed_like_fresh_ones(tiny_dirs, shapes_jsonl):
     fresh = retriever.embed_images(data.records[:6])
     assert torch.allclose(mixed, fresh, atol=1e-5)
     assert cache.hits == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prompts_kept_on_disk_in_half_precision_embed_like_fresh_ones(tiny_dirs, shapes_jsonl, dtype):
+    from slq.queries import PromptCache
+
+    data = load_jsonl(shapes_jsonl)
+    retriever, _ = _run(tiny_dirs, data)
+    cache = PromptCache(budget_mb=0, dtype=dtype, disk_mb=64)
+    first = retriever.embed_images(data.records[:4], cache=cache)  # runs all four, writes them to the file
+    again = retriever.embed_images(data.records[:4], cache=cache)  # reads all four back from it
+    fresh = retriever.embed_images(data.records[:4])
+    assert cache.used == 0 and cache.disk_used > 0 and (cache.hits, cache.misses) == (4, 4)
+    assert torch.allclose(first, fresh, atol=1e-6)  # a fresh run uses its own states, not the rounded copies
+    # read back: the rounded copies, close to the full-precision states but not equal to them
+    assert torch.allclose(again, fresh, atol=2e-2) and not torch.allclose(again, fresh, atol=1e-6)
 
 
 def test_resume_refuses_changed_settings(tiny_dirs, shapes_jsonl, tmp_path):

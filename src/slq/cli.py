@@ -106,7 +106,8 @@ def cmd_train(args) -> None:
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                          temperature=args.temperature, seed=args.seed, save_every=args.save_every,
-                         engine=args.engine, prompt_cache_mb=args.prompt_cache_mb)
+                         engine=args.engine, prompt_cache_mb=args.prompt_cache_mb,
+                         prompt_cache_disk_mb=args.prompt_cache_disk_mb, prompt_cache_dtype=args.prompt_cache_dtype)
     if args.out.exists() and not args.out.is_dir():
         raise SLQError(f"--out {args.out} is a file; it must be a folder (new or an adapter folder)")
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
@@ -123,6 +124,10 @@ def cmd_train(args) -> None:
         return  # every process holds the same queries; one writes them
     settings = train_settings(config, dataset, result)
     settings["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
+    if result.prompt_cache is not None:
+        settings["prompt_cache"] = stats = result.prompt_cache
+        print(f"slq: prompt cache: {stats['prompts']} prompts kept ({stats['mb']} MB in RAM, {stats['disk_mb']} MB on "
+              f"disk), {stats['hits']} hits, {stats['misses']} misses", file=sys.stderr)
     retriever.save(args.out, training=settings)
     print(f"slq: adapter written to {args.out} ({result.steps} steps, {result.train_seconds:.1f} s, "
           f"final loss {settings['final_loss']:.4f})")
@@ -199,7 +204,7 @@ def cmd_embed(args) -> None:
 def cmd_compare(args) -> None:
     from .compare import compare, format_comparison, plot_comparison
     from .data import atomic_write
-    from .train import TrainConfig
+    from .train import PROMPT_CACHE_DTYPES, TrainConfig
 
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed)
@@ -278,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import METHODS
     from .queries import ENGINES
     from .tiny import TINY_FAMILIES
-    from .train import TrainConfig
+    from .train import PROMPT_CACHE_DTYPES, TrainConfig
 
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     parser = argparse.ArgumentParser(prog="slq", description="Frozen multimodal LLM -> text-image retriever with "
@@ -309,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-cache-mb", type=float, default=0.0,
                    help="with the cached engine, keep each prompt's keys/values across epochs in up to this many MB "
                         "of RAM, so later epochs run only the queries (default: 0, off)")
+    p.add_argument("--prompt-cache-disk-mb", type=float, default=0.0,
+                   help="keep prompts beyond --prompt-cache-mb in a temporary file of up to this many MB, read back "
+                        "as a memory map (in $TMPDIR; removed when training ends; default: 0, off)")
+    p.add_argument("--prompt-cache-dtype", choices=[d for d in PROMPT_CACHE_DTYPES if d], default=None,
+                   help="store kept keys/values in this dtype, halving a float32 model's footprint (default: the "
+                        "model's dtype)")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     resume.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")

@@ -8,8 +8,11 @@ prompt. The embedding is the L2-normalised mean of the last-layer states at the 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -162,35 +165,61 @@ def queries_on_prompts(backbone: Backbone, prompts: PromptBatch, queries: torch.
 
 
 class PromptCache:
-    """Prompt states kept across epochs in RAM, up to a byte budget (then new prompts are not kept).
+    """Prompt states kept across epochs: in RAM up to one byte budget, then in a disk file up to another.
 
     `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
-    when used. Nothing is evicted, so what is kept does not depend on the order of lookups. Keys name
-    prompts only, so a cache belongs to one backbone and one query count (one training run).
+    when used. The disk file is unnamed (gone when the cache is, even after a crash) and read back as
+    a memory map, so the page cache serves repeated epochs. Nothing is evicted, so what is kept does
+    not depend on the order of lookups. Keys name prompts only, so a cache belongs to one backbone
+    and one query count (one training run).
     """
 
-    def __init__(self, budget_mb: float, dtype: torch.dtype | None = None):
-        self.budget = int(budget_mb * 2**20)
+    def __init__(self, budget_mb: float, dtype: torch.dtype | None = None, *, disk_mb: float = 0.0,
+                 disk_dir: str | os.PathLike | None = None):
+        self.budget, self.disk_budget = int(budget_mb * 2**20), int(disk_mb * 2**20)
         self.dtype = dtype
-        self.used = self.hits = self.misses = 0
+        self.used = self.disk_used = self.hits = self.misses = 0
         self._states: dict[tuple, PromptState] = {}
+        self._on_disk: dict[tuple, tuple[int, torch.Size, torch.dtype, torch.Tensor]] = {}
+        self._file = tempfile.TemporaryFile(prefix="slq-prompt-cache-", dir=disk_dir) if disk_mb > 0 else None
 
     def get(self, key: tuple) -> PromptState | None:
         state = self._states.get(key)
+        if state is None and key in self._on_disk:
+            state = self._read(*self._on_disk[key])
         self.hits += state is not None
         self.misses += state is None
         return state
 
     def put(self, key: tuple, state: PromptState) -> None:
-        if key in self._states:  # e.g. the same caption twice in one batch
+        if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch
             return
         stored = state.to(self.dtype) if self.dtype is not None else state
         if self.used + stored.nbytes <= self.budget:
             self._states[key] = stored
             self.used += stored.nbytes
+        elif self._file is not None and self.disk_used + stored.nbytes <= self.disk_budget:
+            keys = stored.keys.detach().to("cpu").contiguous()
+            self._on_disk[key] = (self.disk_used, keys.shape, keys.dtype, stored.query_positions.to("cpu"))
+            self._file.seek(self.disk_used)
+            for tensor in (keys, stored.values.detach().to("cpu").contiguous()):
+                self._file.write(tensor.view(torch.uint8).numpy().tobytes())
+            self._file.flush()
+            self.disk_used += stored.nbytes
+
+    def _read(self, offset: int, shape: torch.Size, dtype: torch.dtype, positions: torch.Tensor) -> PromptState:
+        half = shape.numel() * dtype.itemsize
+        mapped = np.memmap(self._file, dtype=np.uint8, mode="c", offset=offset, shape=(2 * half,))
+        raw = torch.frombuffer(mapped, dtype=torch.uint8)
+        return PromptState(raw[:half].view(dtype).view(shape), raw[half:].view(dtype).view(shape), positions)
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._states) + len(self._on_disk)
+
+    def stats(self) -> dict:
+        """Size and hit counts, for a run's record."""
+        return {"prompts": len(self), "mb": round(self.used / 2**20, 1), "disk_mb": round(self.disk_used / 2**20, 1),
+                "hits": self.hits, "misses": self.misses}
 
 
 def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, *, engine: str = "cached",

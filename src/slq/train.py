@@ -33,6 +33,7 @@ from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
 from .queries import ENGINES, PromptCache
 
 CHECKPOINT_DIR = "checkpoint"
+PROMPT_CACHE_DTYPES = (None, "float16", "bfloat16")  # storage of kept prompt keys/values (None: the model's)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class TrainConfig:
     save_every: int = 0  # write a resumable checkpoint every N steps (0 = only at the end)
     engine: str = "cached"  # "cached": prompt without grad, backward over the queries only; "naive": full sequence
     prompt_cache_mb: float = 0.0  # keep prompts' keys/values across epochs, up to this many MB of RAM (0 = off)
+    prompt_cache_disk_mb: float = 0.0  # beyond the RAM budget, up to this many MB in a temporary file (0 = off)
+    prompt_cache_dtype: str | None = None  # store kept keys/values as "float16"/"bfloat16" (None: the model's)
 
     def __post_init__(self):
         def need(ok: bool, name: str, rule: str):
@@ -69,6 +72,10 @@ class TrainConfig:
         need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
         need(math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0, "prompt_cache_mb", "must be >= 0")
+        need(math.isfinite(self.prompt_cache_disk_mb) and self.prompt_cache_disk_mb >= 0, "prompt_cache_disk_mb",
+             "must be >= 0")
+        need(self.prompt_cache_dtype in PROMPT_CACHE_DTYPES, "prompt_cache_dtype",
+             f"must be one of {', '.join(d for d in PROMPT_CACHE_DTYPES if d)}")
 
 
 @dataclass
@@ -148,7 +155,8 @@ def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: Contras
 
 def _run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
     """What a checkpoint must share with the run resuming it: data order, schedule, model, processes."""
-    same = {k: v for k, v in asdict(config).items() if k not in ("save_every", "engine", "prompt_cache_mb")}
+    same = {k: v for k, v in asdict(config).items() if k not in ("save_every", "engine", "prompt_cache_mb",
+                                                                   "prompt_cache_disk_mb", "prompt_cache_dtype")}
     return {**same, "world_size": world_size, "train_images": len(dataset),
             "backbone": encoder.backbone.fingerprint()["config_sha256"],
             "trainable": sorted(encoder.trainable_tensors())}
@@ -248,7 +256,10 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     loss_fn = ContrastiveLoss(config.temperature, rank=rank, world_size=world_size)
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
-    cache = PromptCache(config.prompt_cache_mb) if config.prompt_cache_mb > 0 else None
+    cache = None
+    if config.prompt_cache_mb > 0 or config.prompt_cache_disk_mb > 0:
+        dtype = getattr(torch, config.prompt_cache_dtype) if config.prompt_cache_dtype else None
+        cache = PromptCache(config.prompt_cache_mb, dtype, disk_mb=config.prompt_cache_disk_mb)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
     start = 0
     if resume:
@@ -276,8 +287,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
             _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result, run)
     bar.close()
     if cache is not None:
-        result.prompt_cache = {"prompts": len(cache), "mb": round(cache.used / 2**20, 1), "hits": cache.hits,
-                               "misses": cache.misses}
+        result.prompt_cache = cache.stats()
     if hasattr(encoder, "temperature"):
         encoder.temperature = loss_fn.temperature.item()
     return result
