@@ -142,6 +142,8 @@ def run_workers(script: str, methods: list[str], argv: list[str], rounds: int = 
             if proc.returncode != 0:
                 sys.exit(f"worker {method} failed:\n{proc.stderr[-4000:]}")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"    {method}: median {median(result['all_seconds']):.3f} s/step, "
+                  f"peak {result['peak_memory_mb']:.0f} MB", file=sys.stderr, flush=True)
             if method in results:
                 result["all_seconds"] = results[method]["all_seconds"] + result["all_seconds"]
                 result["peak_memory_mb"] = max(result["peak_memory_mb"], results[method]["peak_memory_mb"])

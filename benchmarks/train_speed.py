@@ -5,11 +5,14 @@
     python benchmarks/train_speed.py --config dims.json --device cuda --dtype bfloat16
 
 One step = B captions + B image files prepared (tokenised, image-processed) and run through the
-encoder, symmetric InfoNCE, backward, AdamW. Methods:
+encoder, symmetric InfoNCE, backward, AdamW; with --prepared-inputs the preparation happens once,
+outside the timed steps (use it on a GPU, where it would otherwise dominate). Methods:
   forward            the bare frozen forward over the same prompts, no grad (the floor)
   forward_queries    the same with the N_q query tokens appended (what SLQ's forward reads)
   slq                an SLQ step in the first epoch (cached engine: prompts without grad)
   slq_cached_epoch   an SLQ step in a later epoch, every prompt's keys/values kept (--prompt-cache-mb)
+  slq_disk_epoch     the same with the prompts kept in the disk file (--prompt-cache-disk-mb); not in
+                     the default list, ask for it with --methods
   slq_naive          SLQ with grad through the whole sequence
   lora, full         LoRA r=16 / full fine-tuning of the language model, last-token pooling
 The 5-epoch ratio is extrapolated from measured step times (1 first-epoch + 4 cached-epoch SLQ
@@ -58,6 +61,9 @@ def worker(method: str, args) -> dict:
     encoder = make_encoder(method, backbone)
     texts = common.texts(args.batch_size)
     images = common.images(args.batch_size, args.image_side, Path(tempfile.mkdtemp(prefix="slq-bench-images-")))
+    if args.prepared_inputs:  # prepare once; each step then reuses the batches (a DataLoader's job in training)
+        text_batch, image_batch = encoder.text_batch(texts), encoder.image_batch(images)
+        encoder.text_batch, encoder.image_batch = (lambda _: text_batch), (lambda _: image_batch)
     memory = common.PeakMemory(args.device)
     if method.startswith("forward"):
         def step():
@@ -67,7 +73,8 @@ def worker(method: str, args) -> dict:
         loss_fn = ContrastiveLoss().to(args.device)
         optimizer = make_optimizer(encoder, loss_fn, TrainConfig(lr=1e-5))
         engine = "naive" if method == "slq_naive" else "cached"
-        cache = PromptCache(budget_mb=1e6) if method == "slq_cached_epoch" else None  # filled by the warm-up step
+        cache = {"slq_cached_epoch": PromptCache(budget_mb=1e6),  # filled by the warm-up step
+                 "slq_disk_epoch": PromptCache(budget_mb=0, disk_mb=1e6)}.get(method)
 
         def step():
             train_step(encoder, loss_fn, optimizer, texts, images, engine, cache)
@@ -85,7 +92,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method and round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each runs every method once (interleaved)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--prepared-inputs", action="store_true",
+                        help="tokenise and image-process once, outside the timed steps (on a GPU that CPU work "
+                             "runs in DataLoader workers beside the model, and would otherwise dominate)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default: {','.join(METHODS)})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -97,7 +107,8 @@ def main() -> None:
     results = common.run_workers(__file__, args.methods.split(","), passthrough, rounds=args.rounds)
     first = next(iter(results.values()))
     print(f"\nbatch {args.batch_size}, image prompt {first['image_tokens']} tokens, text prompt {first['text_tokens']} "
-          f"tokens, device {args.device}, {args.dtype}, median of {args.rounds} rounds x {args.steps} steps")
+          f"tokens, device {args.device}, {args.dtype}, median of {args.rounds} rounds x {args.steps} steps, "
+          f"inputs {'prepared once' if args.prepared_inputs else 'prepared in every step'}")
     print(f"{'method':<18} {'step s':>8} {'memory MB':>10} {'trainable':>12}")
     for name, r in results.items():
         print(f"{name:<18} {r['step_seconds']:>8.2f} {r['peak_memory_mb']:>10.0f} {r['trainable_params']:>12,}")

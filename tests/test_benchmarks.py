@@ -37,6 +37,13 @@ def test_train_speed_reports_ratios(tmp_path):
     assert "extrapolated" in summary["slq_5epoch_note"]
 
 
+def test_train_speed_with_prepared_inputs_and_the_disk_cache(tmp_path):
+    summary = _run("train_speed.py", tmp_path, "--steps", "1", "--rounds", "1", "--prepared-inputs",
+                   "--methods", "slq,slq_disk_epoch")
+    assert set(summary["results"]) == {"slq", "slq_disk_epoch"}
+    assert all(r["step_seconds"] > 0 for r in summary["results"].values())
+
+
 def test_encode_speed_reports_ratio(tmp_path):
     summary = _run("encode_speed.py", tmp_path, "--n", "4", "--rounds", "1")
     assert summary["encode_over_forward"] > 0 and set(summary["seconds"]) == {"forward", "forward_queries", "encode"}
