@@ -64,7 +64,7 @@ def worker(method: str, args) -> dict:
     if args.prepared_inputs:  # prepare once; each step then reuses the batches (a DataLoader's job in training)
         text_batch, image_batch = encoder.text_batch(texts), encoder.image_batch(images)
         encoder.text_batch, encoder.image_batch = (lambda _: text_batch), (lambda _: image_batch)
-    memory = common.PeakMemory(args.device)
+    memory, cache = common.PeakMemory(args.device), None
     if method.startswith("forward"):
         def step():
             with torch.no_grad():
@@ -81,7 +81,8 @@ def worker(method: str, args) -> dict:
     memory.start()
     times = common.timed(step, args.steps, args.warmup, args.device)
     prompt_lengths = encoder.text_batch(texts).input_ids.shape[1], encoder.image_batch(images).input_ids.shape[1]
-    return {"method": method, "step_seconds": common.median(times), "all_seconds": times,
+    kept = {"prompt_cache": cache.stats()} if cache is not None else {}
+    return {**kept, "method": method, "step_seconds": common.median(times), "all_seconds": times,
             "peak_memory_mb": memory.stop(), "trainable_params": 0 if method.startswith("forward")
             else encoder.trainable_parameters, "text_tokens": int(prompt_lengths[0]), "image_tokens": int(prompt_lengths[1])}
 

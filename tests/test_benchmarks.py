@@ -42,6 +42,9 @@ def test_train_speed_with_prepared_inputs_and_the_disk_cache(tmp_path):
                    "--methods", "slq,slq_disk_epoch")
     assert set(summary["results"]) == {"slq", "slq_disk_epoch"}
     assert all(r["step_seconds"] > 0 for r in summary["results"].values())
+    kept = summary["results"]["slq_disk_epoch"]["prompt_cache"]  # warm-up step: misses; timed step: hits, from disk
+    assert kept["mb"] == 0 and kept["disk_mb"] > 0 and kept["hits"] == kept["misses"] > 0
+    assert "prompt_cache" not in summary["results"]["slq"]
 
 
 def test_encode_speed_reports_ratio(tmp_path):

@@ -171,18 +171,23 @@ def test_cached_engine_equals_naive_loss(backbones, family):
     assert torch.allclose(temp_n, temp_c, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["text", "image"])
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_prompts_kept_one_by_one_rejoin_into_the_same_batch(backbones, family):
+def test_prompts_kept_one_by_one_rejoin_into_the_same_batch(backbones, family, kind):
     """Split into per-prompt states (what the prompt cache keeps), reversed and re-joined with other
     padding, the prompts give their queries the same states as the batch straight from the run."""
     backbone = backbones[family]
-    batch, queries = _batch(backbone, "text"), _queries(backbone)  # texts of different lengths: left padding
+    batch, queries = _batch(backbone, kind), _queries(backbone)  # prompts of different lengths: left padding
     with torch.no_grad():
         run = run_prompts(backbone, batch, NUM_QUERIES)
         direct = queries_on_prompts(backbone, run, queries.weight)
         states = run.split()
         assert [s.length for s in states] == batch.attention_mask.sum(-1).tolist()
-        longer = run_prompts(backbone, backbone.text_batch([" and ".join(TEXTS)]), NUM_QUERIES).split()
+        if kind == "image" and not backbone.text_only:  # a larger image: more tokens where the family allows
+            longer_batch = backbone.image_batch([Image.new("RGB", (150, 150), (0, 200, 0))])
+        else:
+            longer_batch = backbone.text_batch([" and ".join(TEXTS + TARGET_TEXTS)])
+        longer = run_prompts(backbone, longer_batch, NUM_QUERIES).split()
         rejoined = PromptBatch.join(states[::-1] + longer, backbone.dtype, backbone.device)  # more padding
         again = queries_on_prompts(backbone, rejoined, queries.weight)[:2].flip(0)
     assert (direct - again).abs().max().item() <= 1e-5

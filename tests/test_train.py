@@ -97,7 +97,7 @@ def test_batch_larger_than_dataset_is_refused(shapes_jsonl):
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 1), ("num_queries", 0), ("temperature", 5.0),
                                          ("epochs", 0), ("warmup_steps", -1), ("prompt_cache_disk_mb", -1.0),
-                                         ("prompt_cache_dtype", "int8")])
+                                         ("prompt_cache_dtype", "int8"), ("prompt_cache_dtype", "bfloat16")])
 def test_bad_settings_name_the_option(field, value):
     with pytest.raises(SLQError, match=f"--{field.replace('_', '-')}"):
         TrainConfig(**{field: value})
@@ -159,6 +159,21 @@ def test_cached_prompts_embed_like_fresh_ones(tiny_dirs, shapes_jsonl):
     fresh = retriever.embed_images(data.records[:6])
     assert torch.allclose(mixed, fresh, atol=1e-5)
     assert cache.hits == 3
+
+
+def test_a_batch_mixing_ram_disk_and_fresh_prompts_embeds_like_fresh_ones(tiny_dirs, shapes_jsonl):
+    from slq.queries import PromptCache
+
+    data = load_jsonl(shapes_jsonl)
+    retriever, _ = _run(tiny_dirs, data)
+    probe = PromptCache(budget_mb=1000)
+    retriever.embed_images(data.records[:1], cache=probe)
+    cache = PromptCache(budget_mb=2.5 * probe.used / 2**20, disk_mb=64)
+    retriever.embed_images(data.records[:4], cache=cache)  # two kept in RAM, two on disk
+    assert len(cache) == 4 and cache.used > 0 and cache.disk_used > 0
+    mixed = retriever.embed_images(data.records[:6], cache=cache)  # two RAM hits, two disk hits, two fresh
+    assert torch.allclose(mixed, retriever.embed_images(data.records[:6]), atol=1e-5)
+    assert cache.hits == 4
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -204,7 +204,7 @@ def cmd_embed(args) -> None:
 def cmd_compare(args) -> None:
     from .compare import compare, format_comparison, plot_comparison
     from .data import atomic_write
-    from .train import PROMPT_CACHE_DTYPES, TrainConfig
+    from .train import TrainConfig
 
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed)

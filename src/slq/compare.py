@@ -103,7 +103,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, test_
         raise SLQError(f"jobs must be 1, or more with isolate (got jobs={jobs}, isolate={isolate})")
     backbone_dir = Path(backbone_dir)
     baseline_config = replace(config, lr=baseline_lr or config.lr / 10, epochs=baseline_epochs or config.epochs,
-                              prompt_cache_mb=0.0)  # the prompt cache serves SLQ only
+                              prompt_cache_mb=0.0, prompt_cache_disk_mb=0.0,  # the prompt cache serves SLQ only
+                              prompt_cache_dtype=None)
     rows = {m: row for m, row in (done or {}).items() if m in methods}
     todo = sorted((m for m in methods if m not in rows), key=lambda m: m not in TRAINED)  # long ones first
     with tempfile.TemporaryDirectory(prefix="slq-twin-") as tmp:

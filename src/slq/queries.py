@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, PrefixBatch
+from .errors import SLQError
 
 
 class LatentQueries(nn.Module):
@@ -94,8 +96,9 @@ class PromptState:
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
-    def to(self, dtype: torch.dtype) -> "PromptState":
-        return PromptState(self.keys.to(dtype), self.values.to(dtype), self.query_positions)
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "PromptState":
+        return PromptState(self.keys.to(device, dtype), self.values.to(device, dtype),
+                           self.query_positions.to(device))
 
 
 @dataclass
@@ -109,6 +112,9 @@ class PromptBatch:
 
     def split(self) -> list[PromptState]:
         """One `PromptState` per prompt, padding dropped (for keeping across epochs)."""
+        if len({k.shape for k in self.keys}) > 1:
+            raise SLQError("this model's layers keep keys of different shapes, which the prompt cache cannot "
+                           "stack; train without --prompt-cache-mb/--prompt-cache-disk-mb")
         keys, values = torch.stack(self.keys), torch.stack(self.values)  # (layers, B, kv, L, hd)
         prefix_len = keys.shape[-2]
         return [PromptState(keys[:, row, :, prefix_len - real:].clone(), values[:, row, :, prefix_len - real:].clone(),
@@ -127,7 +133,7 @@ class PromptBatch:
             keys[:, row, :, longest - state.length:] = state.keys
             values[:, row, :, longest - state.length:] = state.values
             mask[row, longest - state.length:] = 1
-        positions = torch.stack([s.query_positions for s in states], dim=-2).to(device)
+        positions = torch.stack([s.query_positions.to(device) for s in states], dim=-2)
         return cls(keys.unbind(0), values.unbind(0), mask, positions)
 
 
@@ -165,7 +171,8 @@ def queries_on_prompts(backbone: Backbone, prompts: PromptBatch, queries: torch.
 
 
 class PromptCache:
-    """Prompt states kept across epochs: in RAM up to one byte budget, then in a disk file up to another.
+    """Prompt states kept across epochs: in RAM (on the CPU, whatever the model's device) up to one byte
+    budget, then in a disk file up to another.
 
     `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
     when used. The disk file is unnamed (gone when the cache is, even after a crash) and read back as
@@ -194,18 +201,26 @@ class PromptCache:
     def put(self, key: tuple, state: PromptState) -> None:
         if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch
             return
-        stored = state.to(self.dtype) if self.dtype is not None else state
-        if self.used + stored.nbytes <= self.budget:
-            self._states[key] = stored
-            self.used += stored.nbytes
-        elif self._file is not None and self.disk_used + stored.nbytes <= self.disk_budget:
-            keys = stored.keys.detach().to("cpu").contiguous()
-            self._on_disk[key] = (self.disk_used, keys.shape, keys.dtype, stored.query_positions.to("cpu"))
+        nbytes = 2 * state.keys.numel() * (self.dtype or state.keys.dtype).itemsize  # as stored
+        if self.used + nbytes <= self.budget:
+            self._states[key] = state.to(self.dtype, "cpu")
+            self.used += nbytes
+        elif self._file is not None and self.disk_used + nbytes <= self.disk_budget:
+            self._write(key, state.to(self.dtype, "cpu"))
+
+    def _write(self, key: tuple, state: PromptState) -> None:
+        """Append a state to the file; if the disk fails (full, say), keep training with what is kept."""
+        try:
             self._file.seek(self.disk_used)
-            for tensor in (keys, stored.values.detach().to("cpu").contiguous()):
-                self._file.write(tensor.view(torch.uint8).numpy().tobytes())
+            for tensor in (state.keys, state.values):
+                self._file.write(tensor.contiguous().view(torch.uint8).numpy())
             self._file.flush()
-            self.disk_used += stored.nbytes
+        except OSError as error:
+            warnings.warn(f"prompt cache: writing to the disk file failed ({error}); keeping no more prompts there")
+            self.disk_budget = self.disk_used
+            return
+        self._on_disk[key] = (self.disk_used, state.keys.shape, state.keys.dtype, state.query_positions)
+        self.disk_used += state.nbytes
 
     def _read(self, offset: int, shape: torch.Size, dtype: torch.dtype, positions: torch.Tensor) -> PromptState:
         half = shape.numel() * dtype.itemsize

@@ -82,11 +82,15 @@ class SLQRetriever(Encoder):
             return self.embed(prepare(items), engine)
         states = [cache.get(k) if k is not None else None for k in keys]
         missing = [i for i, state in enumerate(states) if state is None]
+        prompts = None
         if missing:
             fresh = run_prompts(self.backbone, prepare([items[i] for i in missing]), self.queries.num_queries)
             for i, state in zip(missing, fresh.split()):
                 states[i] = state
                 if keys[i] is not None:
                     cache.put(keys[i], state)
-        prompts = PromptBatch.join(states, self.backbone.dtype, self.backbone.device)
+            if len(missing) == len(items):
+                prompts = fresh  # nothing was kept yet: the batch as run, no re-join
+        if prompts is None:
+            prompts = PromptBatch.join(states, self.backbone.dtype, self.backbone.device)
         return pool(queries_on_prompts(self.backbone, prompts, self.queries.weight))

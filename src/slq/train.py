@@ -76,6 +76,8 @@ class TrainConfig:
              "must be >= 0")
         need(self.prompt_cache_dtype in PROMPT_CACHE_DTYPES, "prompt_cache_dtype",
              f"must be one of {', '.join(d for d in PROMPT_CACHE_DTYPES if d)}")
+        need(self.prompt_cache_dtype is None or self.prompt_cache_mb > 0 or self.prompt_cache_disk_mb > 0,
+             "prompt_cache_dtype", "needs a prompt cache: --prompt-cache-mb or --prompt-cache-disk-mb")
 
 
 @dataclass
@@ -257,7 +259,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
     cache = None
-    if config.prompt_cache_mb > 0 or config.prompt_cache_disk_mb > 0:
+    if config.engine == "cached" and (config.prompt_cache_mb > 0 or config.prompt_cache_disk_mb > 0):
         dtype = getattr(torch, config.prompt_cache_dtype) if config.prompt_cache_dtype else None
         cache = PromptCache(config.prompt_cache_mb, dtype, disk_mb=config.prompt_cache_disk_mb)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
