@@ -103,7 +103,7 @@ def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):
 def test_demo_pipeline_smoke(tmp_path):
     """The `make demo` pipeline at a few steps: world, tiny backbone, four methods, report and plot."""
     run_demo(tmp_path, backbone_dir="random", n_train=64, n_test=16, epochs=1, batch_size=16, num_queries=4,
-             progress=False, log=lambda *_: None)
+             jobs=1, progress=False, log=lambda *_: None)
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert report["chance_R@1"] == 1 / 16

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import inspect
 import json
 import sys
 from dataclasses import fields
@@ -233,7 +234,8 @@ def cmd_compare(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, backbone_dir=args.backbone, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs)
+    run_demo(args.out, backbone_dir=args.backbone, n_train=args.n_train, n_test=args.n_test, epochs=args.epochs,
+             num_queries=args.num_queries, jobs=args.jobs)
 
 
 def cmd_data_shapes(args) -> None:
@@ -281,6 +283,7 @@ def cmd_tiny_model(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .compare import METHODS
+    from .demo import run_demo
     from .queries import ENGINES
     from .tiny import TINY_FAMILIES
     from .train import PROMPT_CACHE_DTYPES, TrainConfig
@@ -378,9 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=None,
                    help="checkpoint folder, or 'random' for a tiny random qwen2_vl (a folder named random: "
                         "./random; default: slq-tiny-vl, the shipped pretrained backbone)")
-    p.add_argument("--n-train", type=int, default=2000, help="training images (default: 2000)")
-    p.add_argument("--n-test", type=int, default=200, help="test images (default: 200)")
-    p.add_argument("--epochs", type=int, default=5, help="SLQ epochs (default: 5)")
+    demo = {name: param.default for name, param in inspect.signature(run_demo).parameters.items()}
+    p.add_argument("--n-train", type=int, default=demo["n_train"], help=f"training images (default: {demo['n_train']})")
+    p.add_argument("--n-test", type=int, default=demo["n_test"], help=f"test images (default: {demo['n_test']})")
+    p.add_argument("--epochs", type=int, default=demo["epochs"], help=f"SLQ epochs (default: {demo['epochs']})")
+    p.add_argument("--num-queries", type=int, default=demo["num_queries"],
+                   help=f"SLQ queries (default: {demo['num_queries']})")
+    p.add_argument("--jobs", type=int, default=demo["jobs"],
+                   help=f"methods trained at once, in separate processes (default: {demo['jobs']})")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="generate datasets")

@@ -26,11 +26,14 @@ DEMO_SEED = 0
 
 
 def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | None = None, n_train: int = 2000,
-             n_test: int = 200, epochs: int = 5, batch_size: int = 32, lr: float = 1e-2, num_queries: int = 8,
-             seed: int = DEMO_SEED, progress: bool | None = None, log=print) -> dict:
+             n_test: int = 200, epochs: int = 10, batch_size: int = 32, lr: float = 1e-2, num_queries: int = 64,
+             prompt_cache_mb: float = 4000, jobs: int = 2, seed: int = DEMO_SEED, progress: bool | None = None,
+             log=print) -> dict:
     """backbone_dir: a checkpoint folder, "random" for a tiny random Qwen2-VL (fast; near-chance
     recall), or None for the shipped `slq-tiny-vl`. The SLQ settings were chosen on the world's
-    validation split with slq-tiny-vl (README "Status")."""
+    validation split with slq-tiny-vl (README "Status"). The prompt cache makes epochs after the first
+    run only the queries; `jobs` > 1 trains SLQ and its random-twin control side by side, in separate
+    processes."""
     out = Path(out_dir)
     if backbone_dir is None and not (DEFAULT_BACKBONE / "config.json").is_file():
         raise SLQError(f"the default backbone is missing from {DEFAULT_BACKBONE}; reinstall slq, or pass "
@@ -48,10 +51,11 @@ def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | No
         log(f"[2/3] backbone: slq-tiny-vl, slq's pretrained default ({backbone_dir})")
     else:
         log(f"[2/3] backbone: {backbone_dir}")
-    config = TrainConfig(num_queries=num_queries, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(num_queries=num_queries, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         prompt_cache_mb=prompt_cache_mb)
     log(f"[3/3] training and evaluating: {', '.join(DEMO_METHODS)}")
     report = compare(backbone_dir, load_jsonl(world["train"]), load_jsonl(world["test"]), config,
-                     methods=DEMO_METHODS, progress=progress)
+                     methods=DEMO_METHODS, progress=progress, isolate=jobs > 1, jobs=jobs)
     report["backbone"] = str(backbone_dir)
     log(save_comparison(report, out))
     log(f"report: {out / 'report.json'}  plot: {out / 'recall.png'}")
