@@ -45,9 +45,11 @@ def test_shipped_checkpoint_still_names_colours(world):
 
 
 def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path):
+    lines = []
     report = run_demo(tmp_path, n_train=32, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False,
-                      log=lambda *_: None)
+                      log=lines.append)
     assert report["backbone"] == str(DEFAULT_BACKBONE)
+    assert all(any(f"{m} done" in line for line in lines) for m in DEMO_METHODS)  # progress between the steps
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert json.loads((tmp_path / "report.json").read_text())["chance_R@1"] == 1 / 16
 

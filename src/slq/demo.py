@@ -53,9 +53,12 @@ def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | No
         log(f"[2/3] backbone: {backbone_dir}")
     config = TrainConfig(num_queries=num_queries, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          prompt_cache_mb=prompt_cache_mb)
-    log(f"[3/3] training and evaluating: {', '.join(DEMO_METHODS)}")
+    log(f"[3/3] training and evaluating: {', '.join(DEMO_METHODS)}" +
+        (f" ({jobs} at a time, in separate processes)" if jobs > 1 else ""))
     report = compare(backbone_dir, load_jsonl(world["train"]), load_jsonl(world["test"]), config,
-                     methods=DEMO_METHODS, progress=progress, isolate=jobs > 1, jobs=jobs)
+                     methods=DEMO_METHODS, progress=progress, isolate=jobs > 1, jobs=jobs,
+                     on_row=lambda method, row: log(f"      {method} done" + (
+                         f" ({row['train_seconds']:.0f} s of training)" if row["train_seconds"] else "")))
     report["backbone"] = str(backbone_dir)
     log(save_comparison(report, out))
     log(f"report: {out / 'report.json'}  plot: {out / 'recall.png'}")
