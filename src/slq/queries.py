@@ -110,15 +110,17 @@ class PromptBatch:
     attention_mask: torch.Tensor  # (B, L), 0 at left padding
     query_positions: torch.Tensor  # (B, N_q) or (3, B, N_q)
 
-    def split(self) -> list[PromptState]:
-        """One `PromptState` per prompt, padding dropped (for keeping across epochs)."""
+    def split(self, device: torch.device | str = "cpu") -> list[PromptState]:
+        """One `PromptState` per prompt, padding dropped, copied to `device` (for keeping across epochs:
+        the cache keeps prompts in CPU memory, so a GPU batch is copied there once, not cloned first)."""
         if len({k.shape for k in self.keys}) > 1:
             raise SLQError("this model's layers keep keys of different shapes, which the prompt cache cannot "
                            "stack; train without --prompt-cache-mb/--prompt-cache-disk-mb")
         keys, values = torch.stack(self.keys), torch.stack(self.values)  # (layers, B, kv, L, hd)
         prefix_len = keys.shape[-2]
-        return [PromptState(keys[:, row, :, prefix_len - real:].clone(), values[:, row, :, prefix_len - real:].clone(),
-                            self.query_positions[..., row, :].clone())
+        return [PromptState(*(t.to(device, copy=True) for t in (keys[:, row, :, prefix_len - real:],
+                                                                  values[:, row, :, prefix_len - real:],
+                                                                  self.query_positions[..., row, :])))
                 for row, real in enumerate(self.attention_mask.sum(-1).tolist())]
 
     @classmethod
