@@ -278,3 +278,25 @@ def test_learning_rate_warms_up_again_at_each_stage():
     assert _lr_factor(0, config) == pytest.approx(0.2, abs=0.01) and _lr_factor(9, config) > 0.9
     assert _lr_factor(10, config) < 0.25 and _lr_factor(30, config) < 0.25, "a new stage starts gently"
     assert _lr_factor(35, config) > 0.5 and _lr_factor(99, config) == pytest.approx(config.min_lr_ratio, abs=0.01)
+
+
+def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
+    """scripts/pretrain_sweep.py as a user runs it: one row per (variant, seed), a failed variant named."""
+    import subprocess
+    import sys
+
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"tiny": {"steps": 2, "stages": [], "batch_size": 4}, "broken": {"steps": 0}}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_sweep.py"
+    done = subprocess.run([sys.executable, str(script), "--variants", str(variants), "--work", str(tmp_path / "w"),
+                           "--pretrain-images", "32"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, "a failed run makes the sweep fail"
+    assert "broken seed 0 failed" in done.stderr and "steps=0" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("tiny", 0)]
+    assert set(rows[0]["t2i"]) == {"R@1", "R@5", "R@10"} and 0 <= rows[0]["i2t"]["R@1"] <= 1
+    table = done.stdout.splitlines()
+    assert any(line.startswith("tiny ") and "/" in line for line in table)
+    assert any(line.startswith("broken ") and line.endswith("failed") for line in table)
+    val = (tmp_path / "w" / "world" / "val.jsonl").read_text().splitlines()
+    assert len(val) == 200, "scored on 200 validation images, never on the test split"

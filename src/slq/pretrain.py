@@ -449,27 +449,29 @@ class PretrainResult:
 
 def pretrain(out_dir: str | os.PathLike, world_dir: str | os.PathLike, config: PretrainConfig | None = None, *,
              work_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None,
-             log=print) -> PretrainResult:
+             log=print, device: str | torch.device = "cpu") -> PretrainResult:
     """Pretrain slq-tiny-vl on the world in `world_dir` and write the checkpoint folder `out_dir`.
 
     `work_dir` (default: `out_dir` + ".work") holds the initial model and the resumable checkpoint;
-    with `resume`, a run continues from it with exactly the batches it would have seen.
+    with `resume`, a run continues from it with exactly the batches it would have seen. On the CPU
+    the weights are reproducible bit for bit (for a given thread count); another `device` (a GPU, to
+    compare recipes quickly: `scripts/pretrain_sweep.py`) runs the same batches in its own arithmetic.
     """
     config = config or PretrainConfig()
     out, world = Path(out_dir), Path(world_dir)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(torch.device(device).type == "cpu")
     try:
-        return _pretrain(out, world, work, config, resume, progress, log)
+        return _pretrain(out, world, work, config, resume, progress, log, torch.device(device))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
 def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume: bool, progress: bool | None,
-              log) -> PretrainResult:
+              log, device: torch.device) -> PretrainResult:
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     torch.manual_seed(config.seed)
@@ -479,7 +481,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
                             image_mean=config.image_mean, image_std=config.image_std)
     start = 0
     source = ckpt if resume and (ckpt / "state.json").is_file() else init
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(init)
     tokenizer.padding_side = "right"
     image_processor = AutoImageProcessor.from_pretrained(init)
@@ -501,7 +503,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
             raise SLQError(f"{ckpt}: checkpoint of a run with other settings ({state['config']}); "
                            "use another work folder or resume=False")
         start, history = state["step"], state["history"]
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
         log(f"resuming pretraining at step {start}")
     model.train()
     began = time.perf_counter()
@@ -511,7 +513,8 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
         for group in optimizer.param_groups:
             frozen = group["vision"] and step < config.vision_freeze_steps
             group["lr"] = 0.0 if frozen else config.lr * group["lr_ratio"] * _lr_factor(step, config)
-        batch = collate(data.batch(config.seed, step, config.batch_size, mixture_at(config, step)))
+        batch = {k: v.to(device) if torch.is_tensor(v) else v
+                 for k, v in collate(data.batch(config.seed, step, config.batch_size, mixture_at(config, step))).items()}
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
