@@ -280,6 +280,20 @@ def test_learning_rate_warms_up_again_at_each_stage():
     assert _lr_factor(35, config) > 0.5 and _lr_factor(99, config) == pytest.approx(config.min_lr_ratio, abs=0.01)
 
 
+def test_model_card_names_word_dropout_only_when_it_was_used():
+    from dataclasses import asdict
+
+    from slq.pretrain import model_card
+
+    dims = {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "intermediate": 8, "vocab": 16,
+            "mrope_section": [1, 1, 2], "vision_depth": 1, "vision_embed": 8, "patch": 8, "image_tokens": 16}
+    info = {"dims": dims, "world": {"seed": 0, "n_train": 4}, "parameters": 100, "megabytes": 0.1, "minutes": 1.0,
+            "final_loss": 1.0, "command": "python scripts/pretrain_default.py --out x"}
+    assert "  - word dropout:" not in model_card({**info, "pretrain_config": asdict(PretrainConfig(noise_prob=0.0))})
+    card = model_card({**info, "pretrain_config": asdict(PretrainConfig(noise_prob=0.5, noise_rate=0.8))})
+    assert "word dropout: in 50% of caption" in card and "probability 0.8" in card
+
+
 def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     """scripts/pretrain_sweep.py as a user runs it: one row per (variant, seed), a failed variant named."""
     import subprocess
