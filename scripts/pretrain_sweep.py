@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     jobs = [(name, seed) for name in variants for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = [r for r in pool.map(launch, jobs) if r]
-    print(f"\n{'variant':30s} " + " ".join(f"{'seed ' + str(s):>13s}" for s in args.seeds) + "   (val R@1 %, t2i / i2t)")
+    seeds = " ".join(f"{'seed ' + str(s):>13s}" for s in args.seeds)
+    print(f"\n{'variant':30s} {seeds}   (val R@1 %, t2i / i2t)")
     for name in variants:
         cells = {r["seed"]: f"{100 * r['t2i']['R@1']:.1f} / {100 * r['i2t']['R@1']:.1f}"
                  for r in rows if r["variant"] == name}

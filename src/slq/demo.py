@@ -31,7 +31,7 @@ def run_demo(out_dir: str | os.PathLike, *, backbone_dir: str | os.PathLike | No
              log=print) -> dict:
     """backbone_dir: a checkpoint folder, "random" for a tiny random Qwen2-VL (fast; near-chance
     recall), or None for the shipped `slq-tiny-vl`. The SLQ settings were chosen on the world's
-    validation split with slq-tiny-vl (README "Status"). The prompt cache makes epochs after the first
+    validation split (README "slq-tiny-vl: what mattered"). The prompt cache makes epochs after the first
     run only the queries; `jobs` > 1 trains SLQ and its random-twin control side by side, in separate
     processes."""
     out = Path(out_dir)

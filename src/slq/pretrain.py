@@ -531,8 +531,8 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
         for group in optimizer.param_groups:
             frozen = group["vision"] and step < config.vision_freeze_steps
             group["lr"] = 0.0 if frozen else config.lr * group["lr_ratio"] * _lr_factor(step, config)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v
-                 for k, v in collate(data.batch(config.seed, step, config.batch_size, mixture_at(config, step))).items()}
+        examples = data.batch(config.seed, step, config.batch_size, mixture_at(config, step))
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples).items()}
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
