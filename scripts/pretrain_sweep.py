@@ -1,10 +1,10 @@
 """Compare pretraining recipes of slq-tiny-vl by what SLQ elicits from them, over seeds.
 
-    python scripts/pretrain_sweep.py --variants variants.json --seeds 0 1 2 --device cuda --jobs 6
+    python scripts/pretrain_sweep.py --variants scripts/pretrain_sweep_variants.json --seeds 0 1 2 \
+        --device cuda --jobs 6
 
-variants.json maps a name to `PretrainConfig` overrides, e.g.
-    {"shipped": {}, "more_paraphrase": {"mixture": {"listing": 0.24, "vqa": 0.2, "caption": 0.12,
-     "paraphrase": 0.16, "knowledge": 0.08, "colour": 0.1, "shape": 0.1}}}
+The variants file maps a name to `PretrainConfig` overrides; `scripts/pretrain_sweep_variants.json`
+holds the recipes of the README's table ({} is the current default).
 
 Each (variant, seed) pretrains in a process of its own (`--jobs` at a time), then trains SLQ with
 the demo's settings on the world's first 2,000 training images and scores it on 200 *validation*
@@ -42,7 +42,7 @@ def parse_args(argv=None):
 
 def run_one(args, name: str, seed: int, overrides: dict) -> dict:
     """Pretrain one variant at one seed, then score SLQ (the demo's settings) on validation."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     import torch
 
@@ -66,8 +66,10 @@ def run_one(args, name: str, seed: int, overrides: dict) -> dict:
                      replace(val, records=val.records[:VAL_IMAGES]), TrainConfig(seed=0, **demo), methods=("slq",),
                      progress=False, device=None if args.device == "cpu" else args.device)
     row = report["methods"]["slq"]
-    return {"variant": name, "seed": seed, "overrides": overrides, "pretrain_minutes": result.seconds / 60,
-            "final_loss": result.history[-1]["loss"], "t2i": row["t2i"], "i2t": row["i2t"]}
+    return {"variant": name, "seed": seed, "overrides": overrides, "config": asdict(config), "device": args.device,
+            "scored_on": report["test"], "images": round(1 / report["chance_R@1"]),
+            "pretrain_minutes": result.seconds / 60, "final_loss": result.history[-1]["loss"],
+            "t2i": row["t2i"], "i2t": row["i2t"]}
 
 
 def main(argv=None) -> int:
@@ -82,6 +84,10 @@ def main(argv=None) -> int:
     work = Path(args.work)
     if not (work / "world" / "world.json").is_file():
         write_world(work / "world", n_train=args.pretrain_images, n_val=VAL_IMAGES, n_test=1, seed=0, progress=True)
+    made = json.loads((work / "world" / "world.json").read_text())["n_train"]
+    if made != args.pretrain_images:
+        sys.exit(f"{work / 'world'} has {made} training images, not --pretrain-images {args.pretrain_images}; "
+                 "pass that number or another --work")
     base = [sys.executable, __file__, "--variants", args.variants, "--work", args.work, "--device", args.device,
             "--threads", str(args.threads)]
 
@@ -89,10 +95,13 @@ def main(argv=None) -> int:
         name, seed = job
         done = subprocess.run(base + ["--one", name, str(seed), json.dumps(variants[name])], capture_output=True,
                               text=True)
-        if done.returncode:
-            print(f"{name} seed {seed} failed:\n{done.stderr[-2000:]}", file=sys.stderr, flush=True)
+        try:
+            if done.returncode:
+                raise ValueError(done.stderr[-2000:])
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as why:
+            print(f"{name} seed {seed} failed:\n{why}\n{done.stdout[-500:]}", file=sys.stderr, flush=True)
             return None
-        row = json.loads(done.stdout.strip().splitlines()[-1])
         with open(work / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{name} seed {seed}: R@1 t2i {100 * row['t2i']['R@1']:.1f} i2t {100 * row['i2t']['R@1']:.1f}",

@@ -173,6 +173,15 @@ def test_resume_continues_exactly(world, tmp_path, init):
     with pytest.raises(SLQError, match="other settings"):
         pretrain(tmp_path / "x", world, PretrainConfig(steps=3, **dict(FAST, save_every=2, lr=1e-3)),
                  work_dir=tmp_path / "work", progress=False)
+    state_file = tmp_path / "work" / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["device"] == "cpu"
+    state_file.write_text(json.dumps({**state, "device": "cuda"}))
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(SLQError, match="run on cuda, not cpu"):  # a GPU's arithmetic must not finish a CPU run
+        pretrain(tmp_path / "x", world, config, work_dir=tmp_path / "work", progress=False)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic), \
+        "torch's global settings are restored, also after a failure"
 
 
 def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
@@ -312,5 +321,5 @@ def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     table = done.stdout.splitlines()
     assert any(line.startswith("tiny ") and "/" in line for line in table)
     assert any(line.startswith("broken ") and line.endswith("failed") for line in table)
-    val = (tmp_path / "w" / "world" / "val.jsonl").read_text().splitlines()
-    assert len(val) == 200, "scored on 200 validation images, never on the test split"
+    assert (rows[0]["scored_on"], rows[0]["images"]) == ("val", 200), "scored on validation, never on the test split"
+    assert rows[0]["config"]["steps"] == 2 and rows[0]["device"] == "cpu", "a row says what it ran"
