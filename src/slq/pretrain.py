@@ -67,7 +67,8 @@ What we learnt (issue 3; numbers in the model card and the issue's report):
   16%, knowledge 4% (word dropout kept) 14.3 / 14.0; the previous recipe on 96-px images 13.8 /
   13.0, or for 5,000 steps 15.9 / 16.5. On the CPU, seed 0 (the shipped arithmetic):
   the previous recipe 14.1 / 15.0, paraphrase 16% alone 15.9 / 17.0, with no word dropout 26.3 /
-  29.0 (the shipped weights). A likely reason for the paraphrase share: paraphrases are the only
+  29.0 (the shipped weights); the shipped recipe at seed 2, run afterwards as a check, 16.8 / 20.5.
+  A likely reason for the paraphrase share: paraphrases are the only
   task that trains the state after the opener of a *text* prompt to say what its input shows, the
   text half of what SLQ reads. Why dropping word dropout helped is not known.
 
