@@ -24,7 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-SLQ_TRAIN_IMAGES, VAL_IMAGES = 2000, 200
+VAL_IMAGES = 200
 
 
 def parse_args(argv=None):
@@ -59,10 +59,11 @@ def run_one(args, name: str, seed: int, overrides: dict) -> dict:
     result = pretrain(out, world, config, work_dir=work / f"{name}-seed{seed}.work", progress=False,
                       log=lambda *_: None, device=args.device)
     demo = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()
-            if k in ("epochs", "batch_size", "lr", "num_queries", "prompt_cache_mb")}
+            if k in ("n_train", "epochs", "batch_size", "lr", "num_queries", "prompt_cache_mb")}
+    n_train = demo.pop("n_train")
     train = load_jsonl(world / "train.jsonl")
     val = load_jsonl(world / "val.jsonl")
-    report = compare(out, replace(train, records=train.records[:SLQ_TRAIN_IMAGES]),
+    report = compare(out, replace(train, records=train.records[:n_train]),
                      replace(val, records=val.records[:VAL_IMAGES]), TrainConfig(seed=0, **demo), methods=("slq",),
                      progress=False, device=None if args.device == "cpu" else args.device)
     row = report["methods"]["slq"]
