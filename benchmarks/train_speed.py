@@ -53,7 +53,7 @@ def worker(method: str, args) -> dict:
 
     from slq.backbone import Backbone
     from slq.loss import ContrastiveLoss
-    from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache
     from slq.train import TrainConfig, make_optimizer, train_step
 
     torch.manual_seed(0)

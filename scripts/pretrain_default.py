@@ -19,8 +19,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from slq.pretrain import (MODEL_OVERRIDES, PretrainConfig, caption_attribute_accuracy, model_card,
-                          pretrain)
+from slq.recipes.pretrain import (
+    MODEL_OVERRIDES,
+    PretrainConfig,
+    caption_attribute_accuracy,
+    model_card,
+    pretrain,
+)
 
 
 def parse_args(argv=None):
@@ -52,7 +57,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from slq.shapes import write_world
+    from slq.data.shapes import write_world
 
     out = Path(args.out)
     work = Path(args.work)
@@ -95,7 +100,7 @@ def _health(out: Path, test_jsonl: Path, n: int = 64) -> dict:
     from PIL import Image
 
     from slq.backbone import Backbone
-    from slq.pretrain import vision_feature_health
+    from slq.recipes.pretrain import vision_feature_health
 
     records = [json.loads(line) for line in test_jsonl.read_text().splitlines() if line.strip()][:n]
     images = []
@@ -137,8 +142,8 @@ def _describe(out: Path, image_side: int) -> dict:
 
 def _compare(out: Path, work: Path, seed: int) -> dict:
     """`slq demo --backbone OUT`: the demo's world, settings and methods, on the new checkpoint."""
-    from slq.compare import format_comparison
-    from slq.demo import run_demo
+    from slq.evaluation.report import format_comparison
+    from slq.recipes.demo import run_demo
 
     report = run_demo(work / "demo", backbone_dir=out, seed=seed, progress=True)
     return {"comparison": format_comparison(report), "report": report,

@@ -17,7 +17,6 @@ shipped ones. Prints a table, and writes every result to WORK/results.jsonl as i
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -46,10 +45,11 @@ def run_one(args, name: str, seed: int, overrides: dict) -> dict:
 
     import torch
 
-    from slq.compare import compare
     from slq.data import load_jsonl
-    from slq.demo import run_demo
-    from slq.pretrain import PretrainConfig, pretrain
+    from slq.evaluation import RetrievalEvaluator
+    from slq.evaluation.compare import compare, standard_methods
+    from slq.recipes.demo import DemoConfig
+    from slq.recipes.pretrain import PretrainConfig, pretrain
     from slq.train import TrainConfig
 
     torch.set_num_threads(args.threads)
@@ -57,15 +57,15 @@ def run_one(args, name: str, seed: int, overrides: dict) -> dict:
     config = PretrainConfig(**{**overrides, "seed": seed, "threads": args.threads})
     out = work / f"{name}-seed{seed}"
     result = pretrain(out, world, config, work_dir=work / f"{name}-seed{seed}.work", progress=False,
-                      log=lambda *_: None, device=args.device)
-    demo = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()
-            if k in ("n_train", "epochs", "batch_size", "lr", "num_queries", "prompt_cache_mb")}
-    n_train = demo.pop("n_train")
+                      device=args.device)
+    demo = DemoConfig()  # SLQ exactly as the demo trains it
+    slq = TrainConfig(seed=0, epochs=demo.epochs, batch_size=demo.batch_size, lr=demo.lr,
+                      num_queries=demo.num_queries, prompt_cache_mb=demo.prompt_cache_mb)
     train = load_jsonl(world / "train.jsonl")
     val = load_jsonl(world / "val.jsonl")
-    report = compare(out, replace(train, records=train.records[:n_train]),
-                     replace(val, records=val.records[:VAL_IMAGES]), TrainConfig(seed=0, **demo), methods=("slq",),
-                     progress=False, device=None if args.device == "cpu" else args.device)
+    report = compare(out, replace(train, records=train.records[:demo.n_train]), standard_methods(["slq"], slq),
+                     [RetrievalEvaluator(replace(val, records=val.records[:VAL_IMAGES]))], progress=False,
+                     device=None if args.device == "cpu" else args.device)
     row = report["methods"]["slq"]
     return {"variant": name, "seed": seed, "overrides": overrides, "config": asdict(config), "device": args.device,
             "scored_on": report["test"], "images": round(1 / report["chance_R@1"]),
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         name, seed, overrides = args.one
         print(json.dumps(run_one(args, name, int(seed), json.loads(overrides))), flush=True)
         return 0
-    from slq.shapes import write_world
+    from slq.data.shapes import write_world
 
     variants = json.loads(Path(args.variants).read_text())
     work = Path(args.work)

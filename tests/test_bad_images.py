@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from slq.data import load_dataset, load_jsonl
-from slq.evaluate import evaluate
+from slq.evaluation.retrieval import evaluate
 from slq.retriever import SLQRetriever
 from slq.tiny import build_tiny_model
 from slq.train import TrainConfig, train

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import slq
 
 pytestmark = pytest.mark.slow
-
-
-def slq(*args, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "slq.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, stdin=subprocess.DEVNULL)
-    if check:
-        assert proc.returncode == 0, f"slq {' '.join(map(str, args))} failed:\n{proc.stderr}"
-    return proc
 
 
 def _sha(path: Path) -> str:
@@ -72,7 +61,7 @@ def test_eval_prints_and_writes_the_report(trained, shapes_jsonl, tmp_path):
         assert all(0 <= v <= 1 for v in values) and values == sorted(values)
     from slq import SLQRetriever
     from slq.data import load_jsonl
-    from slq.evaluate import evaluate
+    from slq.evaluation.retrieval import evaluate
 
     assert report == evaluate(SLQRetriever.from_pretrained(backbone, adapter), load_jsonl(shapes_jsonl))
 
@@ -146,7 +135,7 @@ def test_usage_errors_exit_2(trained, shapes_jsonl, tmp_path):
     assert slq("tiny-model", "--family", "gpt2", "--out", tmp_path / "x", check=False).returncode == 2
     proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", tmp_path / "a",
                "--batch-size", 64, check=False)
-    assert proc.returncode == 2 and "--batch-size 64 is larger than the training set" in proc.stderr
+    assert proc.returncode == 2 and "--batch-size 64: is larger than the training set" in proc.stderr
     proc = slq("eval", "--backbone", tmp_path / "nowhere", "--adapter", adapter, "--data", shapes_jsonl, check=False)
     assert proc.returncode == 2 and "not a checkpoint folder" in proc.stderr
     proc = slq("train", "--backbone", backbone, "--train", shapes_jsonl, "--out", adapter, check=False)

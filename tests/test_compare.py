@@ -11,11 +11,21 @@ import torch
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
 from slq.baselines import PooledEncoder
-from slq.compare import METHODS, compare, format_comparison, random_twin
 from slq.data import load_jsonl
-from slq.demo import DEMO_METHODS, run_demo
 from slq.errors import SLQError
-from slq.evaluate import evaluate
+from slq.evaluation.compare import (
+    METHODS,
+    Method,
+    MethodsFailed,
+    baseline_config_for,
+    build_encoder,
+    compare,
+    random_twin,
+    standard_methods,
+)
+from slq.evaluation.report import format_comparison
+from slq.evaluation.retrieval import RetrievalEvaluator, evaluate
+from slq.recipes.demo import DEMO_METHODS, run_demo
 from slq.train import TrainConfig
 
 
@@ -29,8 +39,8 @@ def test_random_twin_has_same_architecture_other_weights(tiny_dirs, tmp_path):
 
 def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     data = load_jsonl(shapes_jsonl)
-    report = compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
-                     methods=METHODS, progress=False)
+    report = compare(tiny_dirs["llava"], data, standard_methods(METHODS, TrainConfig(num_queries=4, batch_size=8)),
+                     [RetrievalEvaluator(data)], progress=False)
     assert list(report["methods"]) == list(METHODS)
     for name, m in report["methods"].items():
         assert set(m["t2i"]) == set(m["i2t"]) == {"R@1", "R@5", "R@10"}
@@ -49,44 +59,45 @@ def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_
     val_path.write_text("".join(json.dumps({**r, "image": str(Path(shapes_jsonl).parent / r["image"])}) + "\n"
                                 for r in records))
     val = load_jsonl(val_path)
-    report = compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
-                     methods=["zero_shot_mean", "slq"], progress=False, val_data=val)
-    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["val"] == val.name
-    assert all("val" not in row for row in report["methods"].values())
+    methods = standard_methods(["zero_shot_mean", "slq"], TrainConfig(num_queries=4, batch_size=8, epochs=1))
+    report = compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data), RetrievalEvaluator(val, "validation")],
+                     progress=False)
+    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["datasets"]["validation"] == val.name
+    assert all("evaluations" not in row for row in report["methods"].values())
     expected = evaluate(PooledEncoder(Backbone.load(tiny_dirs["llava"]), "mean", one_word_prompt=False), val)
     assert report["validation"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"]}
     assert "validation" in format_comparison(report)
-    assert "validation" not in compare(tiny_dirs["llava"], data, data, TrainConfig(num_queries=4, batch_size=8),
-                                       methods=["zero_shot_mean"], progress=False)
+    assert "validation" not in compare(tiny_dirs["llava"], data, methods[:1], [RetrievalEvaluator(data)],
+                                       progress=False)
 
 
 def test_baselines_get_their_own_learning_rate_and_epochs(tiny_dirs, shapes_jsonl, monkeypatch):
-    import slq.compare
+    import slq.evaluation.compare
 
     seen = {}
-    real_train = slq.compare.train
+    real_train = slq.evaluation.compare.train
 
     def recording_train(encoder, dataset, config, **kwargs):
         seen[type(encoder).__name__] = config
         return real_train(encoder, dataset, config, **kwargs)
 
-    monkeypatch.setattr(slq.compare, "train", recording_train)
+    monkeypatch.setattr(slq.evaluation.compare, "train", recording_train)
     data = load_jsonl(shapes_jsonl)
     config = TrainConfig(num_queries=2, batch_size=8, epochs=1, lr=1e-2, prompt_cache_mb=10)
-    report = compare(tiny_dirs["llava"], data, data, config, methods=["slq", "lora"], baseline_lr=3e-4,
-                     baseline_epochs=2, progress=False)
+    methods = standard_methods(["slq", "lora"], config, baseline_config_for(config, lr=3e-4, epochs=2))
+    report = compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data)], progress=False)
     assert seen["SLQRetriever"] == config
     lora = seen["PooledEncoder"]
     assert (lora.lr, lora.epochs, lora.prompt_cache_mb, lora.batch_size) == (3e-4, 2, 0.0, 8)
-    assert report["baseline_train_config"]["epochs"] == 2 and report["train_config"]["epochs"] == 1
+    settings = report["method_settings"]
+    assert settings["lora"]["train"]["epochs"] == 2 and settings["slq"]["train"]["epochs"] == 1
+    assert baseline_config_for(config).lr == config.lr / 10
 
 
 def test_lora_starts_from_the_same_adapters_for_one_seed(tiny_dirs):
-    from slq.compare import _encoder
-
     def adapters(seed: int, global_state: int) -> dict:
         torch.manual_seed(global_state)  # whatever the global RNG held before must not matter
-        encoder = _encoder("lora", tiny_dirs["llava"], TrainConfig(seed=seed), None)
+        encoder = build_encoder(Method("lora", "lora", TrainConfig(seed=seed)), tiny_dirs["llava"])
         return {name: p.detach().clone() for name, p in encoder.trainable_tensors().items()}
 
     first, again, other = adapters(0, global_state=1), adapters(0, global_state=2), adapters(1, global_state=1)
@@ -94,16 +105,31 @@ def test_lora_starts_from_the_same_adapters_for_one_seed(tiny_dirs):
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
-def test_unknown_method_is_refused(tiny_dirs, shapes_jsonl):
+def test_unknown_method_is_refused():
+    with pytest.raises(SLQError, match="clip: unknown"):
+        standard_methods(["slq", "clip"], TrainConfig())
+    with pytest.raises(SLQError, match="needs a TrainConfig"):
+        Method("lora", "lora")
+    with pytest.raises(SLQError, match="does not train"):
+        Method("mean", "mean", TrainConfig())
+
+
+def test_every_failed_method_is_reported_and_the_others_finish(tiny_dirs, shapes_jsonl):
+    """Two methods that cannot train (batch larger than the data) both fail; the zero-shot row still lands."""
     data = load_jsonl(shapes_jsonl)
-    with pytest.raises(SLQError, match="unknown method"):
-        compare(tiny_dirs["llava"], data, data, TrainConfig(), methods=["slq", "clip"])
+    too_big = TrainConfig(num_queries=2, batch_size=64)
+    rows = {}
+    with pytest.raises(MethodsFailed) as failed:
+        compare(tiny_dirs["llava"], data, standard_methods(["slq", "zero_shot_mean", "lora"], too_big),
+                [RetrievalEvaluator(data)], progress=False, on_row=lambda name, row: rows.setdefault(name, row))
+    assert set(failed.value.failures) == {"slq", "lora"} and set(rows) == {"zero_shot_mean"}
+    assert "method slq failed" in str(failed.value) and "method lora failed" in str(failed.value)
 
 
 def test_demo_pipeline_smoke(tmp_path):
     """The `make demo` pipeline at a few steps: world, tiny backbone, four methods, report and plot."""
     run_demo(tmp_path, backbone_dir="random", n_train=64, n_test=16, epochs=1, batch_size=16, num_queries=4,
-             jobs=1, progress=False, log=lambda *_: None)
+             jobs=1, progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert report["chance_R@1"] == 1 / 16
@@ -112,7 +138,7 @@ def test_demo_pipeline_smoke(tmp_path):
 
 
 def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shapes_jsonl, tmp_path):
-    from test_cli import slq
+    from helpers import slq
 
     common = ("compare", "--backbone", tiny_dirs["llava"], "--train", shapes_jsonl, "--test", shapes_jsonl,
               "--methods", "zero_shot_mean", "--batch-size", 8)

@@ -12,7 +12,6 @@ from PIL import Image
 from slq.data import (
     ImageRecord,
     ImageTextDataset,
-    atomic_write,
     load_dataset,
     load_image,
     load_jsonl,
@@ -359,31 +358,6 @@ def test_load_image_failure_is_data_error_with_source(tmp_path, kind):
     assert str(info.value).startswith(f"d.jsonl:4: cannot read image {path}: ")
     with pytest.raises(DataError, match="^batch 3: cannot read image"):
         load_image(path, source="batch 3")
-
-
-def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "out.json"
-    atomic_write(target, "first")
-    atomic_write(target, b"second \xff")
-    assert target.read_bytes() == b"second \xff"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
-    target = tmp_path / "out.json"
-    atomic_write(target, "old")
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(Exception, match="out.json: cannot write: No space left on device"):
-        atomic_write(target, "new")
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
 # ---------------------------------------------------------------------------------------------

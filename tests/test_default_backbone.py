@@ -9,9 +9,9 @@ import json
 import pytest
 
 from slq.backbone import Backbone
-from slq.demo import DEFAULT_BACKBONE, DEMO_METHODS, DEMO_SEED, run_demo
-from slq.pretrain import caption_attribute_accuracy
-from slq.shapes import write_world
+from slq.data.shapes import write_world
+from slq.recipes.demo import DEFAULT_BACKBONE, DEMO_METHODS, DEMO_SEED, run_demo
+from slq.recipes.pretrain import caption_attribute_accuracy
 
 
 def _card() -> dict:
@@ -44,21 +44,20 @@ def test_shipped_checkpoint_still_names_colours(world):
     assert accuracy["colour"] >= 0.9, accuracy
 
 
-def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path):
-    lines = []
-    report = run_demo(tmp_path, n_train=32, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False,
-                      log=lines.append)
+def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="slq"):
+        report = run_demo(tmp_path, n_train=32, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False)
     assert report["backbone"] == str(DEFAULT_BACKBONE)
-    assert all(any(f"{m} done" in line for line in lines) for m in DEMO_METHODS)  # progress between the steps
+    assert all(f"{m} done" in caplog.text for m in DEMO_METHODS)  # progress between the steps
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert json.loads((tmp_path / "report.json").read_text())["chance_R@1"] == 1 / 16
 
 
 def test_demo_refuses_a_missing_default_backbone(tmp_path, monkeypatch):
-    import slq.demo
+    import slq.recipes.demo
     from slq.errors import SLQError
 
-    monkeypatch.setattr(slq.demo, "DEFAULT_BACKBONE", tmp_path / "gone")
+    monkeypatch.setattr(slq.recipes.demo, "DEFAULT_BACKBONE", tmp_path / "gone")
     with pytest.raises(SLQError, match="default backbone is missing"):
-        run_demo(tmp_path / "out", n_train=8, n_test=4, log=lambda *_: None)
+        run_demo(tmp_path / "out", n_train=8, n_test=4)
     assert not (tmp_path / "out").exists(), "refused before writing anything"

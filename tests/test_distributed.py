@@ -8,9 +8,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from slq.data import load_jsonl
+from slq.distributed import sync_gradients
 from slq.loss import ContrastiveLoss
 from slq.retriever import SLQRetriever
-from slq.train import BatchPlan, TrainConfig, _sync_gradients, train
+from slq.train import BatchPlan, TrainConfig, train
 
 CONFIG = dict(num_queries=4, epochs=2, lr=1e-2)
 
@@ -24,7 +25,7 @@ def _first_step_gradients(retriever, data, rank: int, world_size: int):
     records, texts = BatchPlan(data, TrainConfig(batch_size=8 // world_size, **CONFIG), rank, world_size)(0)
     loss_fn(retriever.embed_texts(texts), retriever.embed_images(records)).backward()
     if world_size > 1:
-        _sync_gradients(retriever, loss_fn)
+        sync_gradients([retriever.queries.weight], loss_fn.log_temperature, world_size)
     query_grad, temperature_grad = retriever.queries.weight.grad.clone(), loss_fn.log_temperature.grad.clone()
     retriever.queries.weight.grad = None
     return query_grad, temperature_grad

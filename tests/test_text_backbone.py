@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import slq
 
 from slq.backbone import Backbone
-from slq.compare import compare, random_twin
 from slq.data import TextRecord, load_dataset, load_jsonl, write_jsonl
 from slq.errors import DataError, SLQError
+from slq.evaluation.compare import compare, random_twin, standard_methods
+from slq.evaluation.retrieval import RetrievalEvaluator
 from slq.retriever import SLQRetriever
 from slq.train import TrainConfig, train
-
-from test_cli import slq
 
 # A toy reverse dictionary: each definition names its word only through what it says.
 PAIRS = [
@@ -113,8 +113,9 @@ def test_random_twin_of_a_text_backbone(tiny_dirs, tmp_path):
 
 def test_isolated_compare_reports_peak_memory(tiny_dirs, pairs_jsonl):
     data = load_dataset(pairs_jsonl)
-    report = compare(tiny_dirs["gemma3_text"], data, data, TrainConfig(num_queries=4, batch_size=8, epochs=1),
-                     methods=("zero_shot_last_token", "slq", "slq_random_init", "lora"), progress=False,
+    methods = standard_methods(("zero_shot_last_token", "slq", "slq_random_init", "lora"),
+                               TrainConfig(num_queries=4, batch_size=8, epochs=1))
+    report = compare(tiny_dirs["gemma3_text"], data, methods, [RetrievalEvaluator(data)], progress=False,
                      isolate=True, jobs=2)
     assert list(report["methods"]) == ["zero_shot_last_token", "slq", "slq_random_init", "lora"]  # asked order
     for name, row in report["methods"].items():

@@ -98,9 +98,13 @@ def test_batch_larger_than_dataset_is_refused(shapes_jsonl):
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 1), ("num_queries", 0), ("temperature", 5.0),
                                          ("epochs", 0), ("warmup_steps", -1), ("prompt_cache_disk_mb", -1.0),
                                          ("prompt_cache_dtype", "int8"), ("prompt_cache_dtype", "bfloat16")])
-def test_bad_settings_name_the_option(field, value):
-    with pytest.raises(SLQError, match=f"--{field.replace('_', '-')}"):
+def test_bad_settings_name_the_setting_and_the_cli_its_flag(field, value):
+    from slq.cli.options import flag_of
+    from slq.errors import SettingError
+
+    with pytest.raises(SettingError, match=f"^{field} ") as error:
         TrainConfig(**{field: value})
+    assert error.value.setting == field and error.value.message(flag_of).startswith(f"--{field.replace('_', '-')} ")
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
@@ -135,7 +139,7 @@ def test_prompt_cache_reuses_prompts_across_epochs_without_changing_training(tin
 
 
 def test_prompt_cache_respects_its_budget(tiny_dirs, shapes_jsonl):
-    from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache
 
     data = load_jsonl(shapes_jsonl)
     retriever, _ = _run(tiny_dirs, data)
@@ -149,7 +153,7 @@ def test_prompt_cache_respects_its_budget(tiny_dirs, shapes_jsonl):
 
 
 def test_cached_prompts_embed_like_fresh_ones(tiny_dirs, shapes_jsonl):
-    from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache
 
     data = load_jsonl(shapes_jsonl)
     retriever, _ = _run(tiny_dirs, data, family="idefics3")
@@ -162,7 +166,7 @@ def test_cached_prompts_embed_like_fresh_ones(tiny_dirs, shapes_jsonl):
 
 
 def test_a_batch_mixing_ram_disk_and_fresh_prompts_embeds_like_fresh_ones(tiny_dirs, shapes_jsonl):
-    from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache
 
     data = load_jsonl(shapes_jsonl)
     retriever, _ = _run(tiny_dirs, data)
@@ -178,7 +182,7 @@ def test_a_batch_mixing_ram_disk_and_fresh_prompts_embeds_like_fresh_ones(tiny_d
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_prompts_kept_on_disk_in_half_precision_embed_like_fresh_ones(tiny_dirs, shapes_jsonl, dtype):
-    from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache
 
     data = load_jsonl(shapes_jsonl)
     retriever, _ = _run(tiny_dirs, data)
@@ -200,5 +204,5 @@ def test_resume_refuses_changed_settings(tiny_dirs, shapes_jsonl, tmp_path):
     with pytest.raises(SLQError, match=r"settings; these differ: batch_size 8 -> 4"):
         train(other, data, TrainConfig(num_queries=4, batch_size=4, epochs=1, lr=1e-2), checkpoint_dir=tmp_path,
               resume=True, progress=False)
-    with pytest.raises(SLQError, match="warmup-steps 50 is longer than the run"):
+    with pytest.raises(SLQError, match="warmup_steps 50: is longer than the run"):
         train(other, data, TrainConfig(num_queries=4, batch_size=8, warmup_steps=50), progress=False)

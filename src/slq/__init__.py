@@ -1,8 +1,17 @@
-"""slq: retrieval from a frozen multimodal LLM through a few Shared Latent Queries."""
+"""slq: retrieval from a frozen multimodal LLM through a few Shared Latent Queries.
 
-__version__ = "0.1.0"
+The method is the flat modules, read in this order: `backbone` and `families` (loading, prompts,
+the one model call), `queries` and `prompt_cache`, `loss`, `encoder`, `retriever`, `adapter`,
+`baselines`, `train` and `distributed`, `gguf`, `tiny`. Around it: `data` (records, formats,
+generated datasets), `evaluation` (metrics, evaluators, comparisons), `recipes` (demo, evidence,
+pretraining) and `cli`. Lower layers never import upper ones.
+"""
 
-from .errors import AdapterError, DataError, SLQError  # noqa: E402
-from .retriever import SLQRetriever  # noqa: E402
+from . import _compat
+from ._version import __version__
+from .errors import AdapterError, DataError, SettingError, SLQError
+from .retriever import SLQRetriever
 
-__all__ = ["SLQRetriever", "SLQError", "DataError", "AdapterError", "__version__"]
+_compat.install()
+
+__all__ = ["AdapterError", "DataError", "SLQError", "SLQRetriever", "SettingError", "__version__"]

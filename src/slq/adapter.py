@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .data import atomic_write
+from ._io import atomic_write
+from ._version import __version__
 from .errors import AdapterError
 
 CONFIG_NAME = "adapter_config.json"
@@ -130,7 +130,8 @@ def save_adapter(path: str | os.PathLike, queries: torch.Tensor, config: Adapter
     """
     path = Path(path)
     expected = (config.num_queries, config.hidden_size)
-    assert tuple(queries.shape) == expected, f"queries shape {tuple(queries.shape)} != config {expected}"
+    if tuple(queries.shape) != expected:
+        raise AdapterError(f"queries shape {tuple(queries.shape)} does not match the config's {expected}")
     path.mkdir(parents=True, exist_ok=True)
     staging = path / f".{WEIGHTS_NAME}.tmp"
     save_file({"queries": queries.detach().float().cpu().contiguous()}, str(staging),

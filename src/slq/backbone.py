@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import DataError, SLQError
+from .errors import DataError, SettingError, SLQError
 from .families import Family, family_for
 
 # Config keys that say how a checkpoint was saved or run, not what the network is.
@@ -33,6 +33,16 @@ _VOLATILE_CONFIG_KEYS = {
 }
 _PROBE_ROWS = 16
 DEFAULT_MAX_TEXT_TOKENS = 128
+
+
+@dataclass
+class BackboneOutput:
+    """What one call of the backbone gives back."""
+
+    hidden: torch.Tensor | None  # (B, T, d) last-layer states of every token run (None when logits were asked)
+    logits: torch.Tensor | None = None  # (B, k, vocab) for the last k tokens, with `logits_to_keep=k`
+    keys_values: tuple | None = None  # per layer (keys, values), each (B, kv_heads, T, head_dim), if kept
+    appended_positions: torch.Tensor | None = None  # (B, N) or (3, B, N): where appended tokens go
 
 
 @dataclass
@@ -72,6 +82,17 @@ def _read_chat_template(path: Path, tokenizer, required: bool = True) -> str | N
     raise SLQError(f"{path}: no chat template found (tokenizer_config.json, chat_template.jinja or chat_template.json)")
 
 
+def model_kwargs(model, family: Family, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 model_inputs: dict[str, torch.Tensor], positions: torch.Tensor | None = None) -> dict:
+    """Keyword arguments of one call of `model` over `input_ids` (B, L): the mask, the positions (the
+    family's: M-RoPE for Qwen-VL; `positions` when the caller has them already), the pixel inputs
+    and the family's extra inputs. Every call of a backbone's model is built here, training too."""
+    if positions is None:
+        positions = family.position_ids(model, input_ids, attention_mask, model_inputs)
+    return dict(attention_mask=attention_mask, position_ids=positions, **model_inputs,
+                **family.extra_inputs(model.config, input_ids))
+
+
 class Backbone:
     """A frozen vision-language model (or text-only LM) with its tokenizer, image processor and family hooks."""
 
@@ -101,8 +122,13 @@ class Backbone:
 
         A `.gguf` file is converted to a folder in slq's cache on first use (see `slq.gguf`).
         """
-        from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
-                                  AutoTokenizer)
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+        )
 
         path = Path(path)
         if path.suffix.lower() == ".gguf" and path.is_file():
@@ -133,7 +159,7 @@ class Backbone:
             try:
                 model.to(device)
             except (AssertionError, RuntimeError) as e:  # e.g. CUDA asked of a CPU-only torch
-                raise SLQError(f"--device {device}: {e}") from None
+                raise SettingError("device", str(device), str(e)) from None
         return cls(model, tokenizer, image_processor, family, path)
 
     # --- identity -----------------------------------------------------------------------------
@@ -252,3 +278,68 @@ class Backbone:
         model_inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
                         for k, v in inputs.model_inputs.items()}
         return PrefixBatch(input_ids, attention_mask, model_inputs)
+
+    # --- the one call of the model ------------------------------------------------------------
+
+    def forward(self, batch: PrefixBatch, appended: torch.Tensor | None = None, *, num_appended: int = 0,
+                keep_keys_values: bool = False, logits_to_keep: int = 0) -> BackboneOutput:
+        """Run a prompt batch through the model, the only place slq calls it on prompts.
+
+        Positions come from the family (M-RoPE for Qwen-VL) over the whole sequence, so tokens after
+        the prompt continue exactly where it stopped; wrong positions would silently change every
+        state. `appended` (N, d) or (B, N, d) embeddings run after every row's prompt (the latent
+        queries). With `num_appended` instead, only the prompt runs, and `appended_positions` says
+        where N tokens appended later must go (the cached engine's first half). `keep_keys_values`
+        returns every layer's keys/values at full length; `logits_to_keep` > 0 runs the LM head on
+        the last that many tokens (generation) instead of returning hidden states.
+        """
+        prefix_len = batch.input_ids.shape[1]
+        count = appended.shape[-2] if appended is not None else num_appended
+        ids, mask = batch.input_ids, batch.attention_mask
+        if count:
+            b = len(batch)
+            ids = torch.cat([ids, ids.new_full((b, count), self.tokenizer.pad_token_id)], dim=1)  # (B, L+N): stand-ins
+            mask = torch.cat([mask, mask.new_ones((b, count))], dim=1)
+        positions = self.family.position_ids(self.model, ids, mask, batch.model_inputs)  # (..., B, L+N)
+        inputs: dict = {"input_ids": batch.input_ids}
+        if appended is not None:
+            embeds = self.input_embeddings(batch.input_ids)  # (B, L, d)
+            extra = appended.to(embeds.dtype).expand(len(batch), -1, -1)  # (B, N, d)
+            inputs = {"inputs_embeds": torch.cat([embeds, extra], dim=1)}
+        else:
+            ids, mask, positions, rest = batch.input_ids, batch.attention_mask, positions[..., :prefix_len], \
+                positions[..., prefix_len:]
+        kwargs = {**model_kwargs(self.model, self.family, ids, mask, batch.model_inputs, positions), **inputs}
+        if keep_keys_values:
+            from transformers import DynamicCache
+
+            kwargs.update(use_cache=True, past_key_values=DynamicCache())  # no config: every layer keeps every key
+        if logits_to_keep:
+            out = self.model(**kwargs, logits_to_keep=logits_to_keep)
+            result = BackboneOutput(None, logits=out.logits)
+        else:
+            out = self.model.model(**kwargs)
+            result = BackboneOutput(out.last_hidden_state)
+        if keep_keys_values:
+            result.keys_values = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        if appended is None and count:
+            result.appended_positions = rest
+        return result
+
+    def forward_after(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
+                      attention_mask: torch.Tensor, positions: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Run `embeds` (N, d) after prompts already run, from their keys/values: (B, N, d) states.
+
+        `attention_mask` (B, L) covers the prompts (0 at left padding) and `positions` are the
+        appended tokens' (`BackboneOutput.appended_positions`). Gradients flow to `embeds` only.
+        """
+        from transformers import DynamicCache
+
+        b, count = attention_mask.shape[0], embeds.shape[-2]
+        mask = torch.cat([attention_mask, attention_mask.new_ones((b, count))], dim=1)  # (B, L+N)
+        inputs = embeds.to(self.dtype).expand(b, -1, -1)  # (B, N, d)
+        # no config: sliding-window layers would drop keys; the masks still apply the window
+        cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
+        out = self.model.model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
+                               past_key_values=cache, use_cache=True)
+        return out.last_hidden_state

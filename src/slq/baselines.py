@@ -17,6 +17,7 @@ from torch import nn
 
 from .backbone import Backbone, PrefixBatch
 from .encoder import Encoder
+from .errors import SettingError
 
 ONE_WORD_TEXT = "\nSummary above sentence in one word:"
 ONE_WORD_IMAGE = "\nSummary above image in one word:"
@@ -29,7 +30,7 @@ class PooledEncoder(Encoder):
 
     def __init__(self, backbone: Backbone, pooling: str = "last", one_word_prompt: bool = True):
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise SettingError("pooling", pooling, f"must be one of {', '.join(POOLINGS)}")
         super().__init__(backbone)
         self.pooling = pooling
         if one_word_prompt:
@@ -37,13 +38,7 @@ class PooledEncoder(Encoder):
 
     def embed(self, batch: PrefixBatch, engine: str = "cached") -> torch.Tensor:
         """`engine` is ignored: without queries there is nothing to cache around."""
-        backbone = self.backbone
-        states = backbone.model.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            position_ids=backbone.family.position_ids(backbone.model, batch.input_ids, batch.attention_mask,
-                                                      batch.model_inputs),
-            **batch.model_inputs, **backbone.family.extra_inputs(backbone.config, batch.input_ids),
-        ).last_hidden_state  # (B, L, d)
+        states = self.backbone.forward(batch).hidden  # (B, L, d)
         if self.pooling == "last":
             pooled = states[:, -1]  # left padding: the last column is every row's last real token
         else:

@@ -192,7 +192,9 @@ def family_for(model_type: str) -> Family:
 def is_causal_lm(model_type: str) -> bool:
     """Whether this model_type is a decoder-only LM: transformers has a causal-LM head for it and it is
     not an encoder (BERT-like models have a causal-LM head too, but attend both ways)."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES

@@ -10,31 +10,19 @@ code path of a downloaded checkpoint. The conversion is atomic: a crash leaves n
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
+from ._io import cache_root, file_sha256, save_folder
 from .errors import SLQError
 
+logger = logging.getLogger("slq")
+
 _MARKER = "slq-gguf.json"  # written last inside the folder: names the source file and its sha256
-
-
-def cache_root() -> Path:
-    """`$SLQ_CACHE`, else `$XDG_CACHE_HOME/slq`, else `~/.cache/slq`."""
-    if os.environ.get("SLQ_CACHE"):
-        return Path(os.environ["SLQ_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slq"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
@@ -44,8 +32,6 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     `expected_sha256`, when given, must match the file (a corrupt or different download is refused
     before a minute is spent on it).
     """
-    from .tiny import save_folder
-
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise SLQError(f"{gguf_path}: no such GGUF file")
@@ -62,8 +48,7 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
         raise SLQError("loading a GGUF file needs the `gguf` package: pip install gguf") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf_path.name} to a checkpoint folder (once; about a minute for 270M parameters)",
-          flush=True)
+    logger.info("converting %s to a checkpoint folder (once; about a minute for 270M parameters)", gguf_path.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         quantised = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,

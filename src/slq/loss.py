@@ -4,7 +4,7 @@ The temperature is kept as a log so it stays positive, starts at 0.07 as in the 
 clamped to [0.01, 1] so it can neither blow the logits up nor flatten them. Under
 `torch.distributed` the embeddings of every process are gathered and every process computes the
 loss over the whole global batch; only its own slice carries gradient, so summing the gradients
-across processes (`slq.train`) gives exactly the gradient of the global loss: W processes with B
+across processes (`slq.distributed`) gives exactly the gradient of the global loss: W processes with B
 pairs each train like one process with W·B.
 """
 
@@ -13,21 +13,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import gather_with_grad
+from .errors import SettingError
+
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 1.0
-
-
-def gather_with_grad(x: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Concatenate `x` from all processes; only this process's slice carries gradient."""
-    if world_size == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world_size)]
-    dist.all_gather(parts, x.detach())
-    parts[rank] = x
-    return torch.cat(parts, dim=0)
 
 
 class ContrastiveLoss(nn.Module):
@@ -35,8 +27,8 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.07, rank: int = 0, world_size: int = 1):
         super().__init__()
-        assert MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE, (
-            f"temperature {temperature} outside [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+        if not (isinstance(temperature, (int, float)) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+            raise SettingError("temperature", temperature, f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.rank, self.world_size = rank, world_size
 
@@ -46,7 +38,8 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
         """Both inputs L2-normalised, shape (B, d), row i of each a positive pair; the scalar loss."""
-        assert text_emb.shape == image_emb.shape, f"pair shapes differ: {text_emb.shape} vs {image_emb.shape}"
+        if text_emb.shape != image_emb.shape:
+            raise ValueError(f"pair shapes differ: {tuple(text_emb.shape)} vs {tuple(image_emb.shape)}")
         all_texts = gather_with_grad(text_emb, self.rank, self.world_size)  # (W*B, d)
         all_images = gather_with_grad(image_emb, self.rank, self.world_size)
         logits = all_texts @ all_images.T / self.temperature  # (W*B, W*B), text i vs image j

@@ -8,18 +8,14 @@ prompt. The embedding is the L2-normalised mean of the last-layer states at the 
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, PrefixBatch
-from .errors import SLQError
+from .errors import SettingError, SLQError
 
 
 class LatentQueries(nn.Module):
@@ -27,7 +23,10 @@ class LatentQueries(nn.Module):
 
     def __init__(self, num_queries: int, hidden_size: int):
         super().__init__()
-        assert num_queries > 0 and hidden_size > 0, f"bad query shape ({num_queries}, {hidden_size})"
+        if not (isinstance(num_queries, int) and num_queries > 0):
+            raise SettingError("num_queries", num_queries, "must be an integer >= 1")
+        if not (isinstance(hidden_size, int) and hidden_size > 0):
+            raise SettingError("hidden_size", hidden_size, "must be an integer >= 1")
         self.weight = nn.Parameter(torch.zeros(num_queries, hidden_size))
 
     @property
@@ -63,14 +62,6 @@ def ordinary_token_ids(backbone: Backbone) -> torch.Tensor:
     return torch.tensor([i for i in range(limit) if i not in excluded])
 
 
-def _append_placeholders(batch: PrefixBatch, num_queries: int, pad_id: int):
-    """Extend ids and mask by `num_queries` columns; the ids only stand in for the queries."""
-    b = len(batch)
-    ids = torch.cat([batch.input_ids, batch.input_ids.new_full((b, num_queries), pad_id)], dim=1)  # (B, L+Nq)
-    mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((b, num_queries))], dim=1)
-    return ids, mask
-
-
 ENGINES = ("cached", "naive")
 
 
@@ -79,7 +70,7 @@ class PromptState:
     """One prompt run once without grad: what its queries need, and nothing that depends on them.
 
     Since the backbone is frozen and the queries come last, this never changes during training,
-    so it can be kept across epochs (see `PromptCache`). Layers are stacked in one tensor so that
+    so it can be kept across epochs (see `slq.prompt_cache`). Layers are stacked in one tensor so that
     moving a prompt in or out of a batch is one copy, not one per layer (on a GPU, per-layer copies
     made the cached engine launch-bound).
     """
@@ -142,101 +133,15 @@ class PromptBatch:
 @torch.no_grad()
 def run_prompts(backbone: Backbone, batch: PrefixBatch, num_queries: int) -> PromptBatch:
     """Run a batch of prompts once, without grad, keeping their keys/values."""
-    prefix_len = batch.input_ids.shape[1]
-    ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
-    position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
-    extra = backbone.family.extra_inputs(backbone.config, batch.input_ids)
-    from transformers import DynamicCache
-
-    out = backbone.model.model(
-        inputs_embeds=backbone.input_embeddings(batch.input_ids), attention_mask=batch.attention_mask,
-        position_ids=position_ids[..., :prefix_len], use_cache=True, **batch.model_inputs, **extra,
-        past_key_values=DynamicCache(),  # full-length layers: the batch keeps every key
-    )
-    layers = out.past_key_values.layers
-    return PromptBatch(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers),
-                       batch.attention_mask, position_ids[..., prefix_len:])
+    out = backbone.forward(batch, num_appended=num_queries, keep_keys_values=True)
+    keys, values = zip(*out.keys_values)
+    return PromptBatch(keys, values, batch.attention_mask, out.appended_positions)
 
 
 def queries_on_prompts(backbone: Backbone, prompts: PromptBatch, queries: torch.Tensor) -> torch.Tensor:
     """Run only the queries, with grad, on the prompts' keys/values: (B, N_q, d)."""
-    from transformers import DynamicCache
-
-    b, num_queries = prompts.attention_mask.shape[0], queries.shape[0]
-    mask = torch.cat([prompts.attention_mask, prompts.attention_mask.new_ones((b, num_queries))], dim=1)
-    q = queries.to(backbone.dtype).unsqueeze(0).expand(b, -1, -1)  # (B, Nq, d)
-    out = backbone.model.model(inputs_embeds=q, attention_mask=mask, position_ids=prompts.query_positions,
-                               # no config: sliding-window layers would drop keys; the masks still apply the window
-                               past_key_values=DynamicCache(ddp_cache_data=list(zip(prompts.keys, prompts.values))),
-                               use_cache=True)
-    return out.last_hidden_state
-
-
-class PromptCache:
-    """Prompt states kept across epochs: in RAM (on the CPU, whatever the model's device) up to one byte
-    budget, then in a disk file up to another.
-
-    `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
-    when used. The disk file is unnamed (gone when the cache is, even after a crash) and read back as
-    a memory map, so the page cache serves repeated epochs. Nothing is evicted, so what is kept does
-    not depend on the order of lookups. Keys name prompts only, so a cache belongs to one backbone
-    and one query count (one training run).
-    """
-
-    def __init__(self, budget_mb: float, dtype: torch.dtype | None = None, *, disk_mb: float = 0.0,
-                 disk_dir: str | os.PathLike | None = None):
-        self.budget, self.disk_budget = int(budget_mb * 2**20), int(disk_mb * 2**20)
-        self.dtype = dtype
-        self.used = self.disk_used = self.hits = self.misses = 0
-        self._states: dict[tuple, PromptState] = {}
-        self._on_disk: dict[tuple, tuple[int, torch.Size, torch.dtype, torch.Tensor]] = {}
-        self._file = tempfile.TemporaryFile(prefix="slq-prompt-cache-", dir=disk_dir) if disk_mb > 0 else None
-
-    def get(self, key: tuple) -> PromptState | None:
-        state = self._states.get(key)
-        if state is None and key in self._on_disk:
-            state = self._read(*self._on_disk[key])
-        self.hits += state is not None
-        self.misses += state is None
-        return state
-
-    def put(self, key: tuple, state: PromptState) -> None:
-        if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch
-            return
-        nbytes = 2 * state.keys.numel() * (self.dtype or state.keys.dtype).itemsize  # as stored
-        if self.used + nbytes <= self.budget:
-            self._states[key] = state.to(self.dtype, "cpu")
-            self.used += nbytes
-        elif self._file is not None and self.disk_used + nbytes <= self.disk_budget:
-            self._write(key, state.to(self.dtype, "cpu"))
-
-    def _write(self, key: tuple, state: PromptState) -> None:
-        """Append a state to the file; if the disk fails (full, say), keep training with what is kept."""
-        try:
-            self._file.seek(self.disk_used)
-            for tensor in (state.keys, state.values):
-                self._file.write(tensor.contiguous().view(torch.uint8).numpy())
-            self._file.flush()
-        except OSError as error:
-            warnings.warn(f"prompt cache: writing to the disk file failed ({error}); keeping no more prompts there")
-            self.disk_budget = self.disk_used
-            return
-        self._on_disk[key] = (self.disk_used, state.keys.shape, state.keys.dtype, state.query_positions)
-        self.disk_used += state.nbytes
-
-    def _read(self, offset: int, shape: torch.Size, dtype: torch.dtype, positions: torch.Tensor) -> PromptState:
-        half = shape.numel() * dtype.itemsize
-        mapped = np.memmap(self._file, dtype=np.uint8, mode="c", offset=offset, shape=(2 * half,))
-        raw = torch.frombuffer(mapped, dtype=torch.uint8)
-        return PromptState(raw[:half].view(dtype).view(shape), raw[half:].view(dtype).view(shape), positions)
-
-    def __len__(self) -> int:
-        return len(self._states) + len(self._on_disk)
-
-    def stats(self) -> dict:
-        """Size and hit counts, for a run's record."""
-        return {"prompts": len(self), "mb": round(self.used / 2**20, 1), "disk_mb": round(self.disk_used / 2**20, 1),
-                "hits": self.hits, "misses": self.misses}
+    return backbone.forward_after(prompts.keys, prompts.values, prompts.attention_mask, prompts.query_positions,
+                                  queries)
 
 
 def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, *, engine: str = "cached",
@@ -252,19 +157,10 @@ def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, 
     Without gradients (encoding) both take the single full pass, the cheapest there is.
     """
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    num_queries = queries.shape[0]
+        raise SettingError("engine", engine, f"must be one of {', '.join(ENGINES)}")
     if engine == "cached" and torch.is_grad_enabled() and queries.requires_grad:
-        return queries_on_prompts(backbone, run_prompts(backbone, batch, num_queries), queries)
-    ids, mask = _append_placeholders(batch, num_queries, backbone.tokenizer.pad_token_id)
-    position_ids = backbone.family.position_ids(backbone.model, ids, mask, batch.model_inputs)  # (..., B, L+Nq)
-    with torch.no_grad():
-        prefix_embeds = backbone.input_embeddings(batch.input_ids)  # (B, L, d)
-    q = queries.to(prefix_embeds.dtype).unsqueeze(0).expand(len(batch), -1, -1)  # (B, Nq, d)
-    out = backbone.model.model(inputs_embeds=torch.cat([prefix_embeds, q], dim=1), attention_mask=mask,
-                               position_ids=position_ids, **batch.model_inputs,
-                               **backbone.family.extra_inputs(backbone.config, ids))
-    return out.last_hidden_state[:, -num_queries:]
+        return queries_on_prompts(backbone, run_prompts(backbone, batch, queries.shape[0]), queries)
+    return backbone.forward(batch, queries).hidden[:, -queries.shape[0]:]
 
 
 def pool(states: torch.Tensor) -> torch.Tensor:

@@ -15,15 +15,24 @@ from .backbone import Backbone, PrefixBatch
 from .data import ImageRecord
 from .encoder import Encoder, ImageInput
 from .errors import AdapterError
-from .queries import LatentQueries, PromptBatch, PromptCache, pool, queries_on_prompts, query_states, run_prompts
+from .prompt_cache import PromptCache
+from .queries import (
+    LatentQueries,
+    PromptBatch,
+    pool,
+    queries_on_prompts,
+    query_states,
+    run_prompts,
+)
 
 
 class SLQRetriever(Encoder):
     """Encodes texts and images into one space through a frozen backbone and shared latent queries."""
 
     def __init__(self, backbone: Backbone, queries: LatentQueries, temperature: float = 0.07):
-        assert queries.weight.shape[1] == backbone.hidden_size, (
-            f"queries have width {queries.weight.shape[1]}, backbone hidden size is {backbone.hidden_size}")
+        if queries.weight.shape[1] != backbone.hidden_size:
+            raise AdapterError(f"queries have width {queries.weight.shape[1]}, but the backbone's hidden size is "
+                               f"{backbone.hidden_size}")
         super().__init__(backbone)
         self.queries = queries.to(backbone.device)
         self.temperature = temperature
@@ -80,17 +89,28 @@ class SLQRetriever(Encoder):
         """The cached engine on prompt states, running only the prompts the cache does not hold."""
         if engine != "cached" or cache is None:
             return self.embed(prepare(items), engine)
-        states = [cache.get(k) if k is not None else None for k in keys]
-        missing = [i for i, state in enumerate(states) if state is None]
+        positions: dict = {}  # a prompt that appears twice in the batch is looked up and run once
+        for i, key in enumerate(keys):
+            positions.setdefault(key if key is not None else ("unkeyed", i), []).append(i)
+        states: list = [None] * len(items)
+        missing = []
+        for key, rows in positions.items():
+            state = cache.get(key) if key[0] != "unkeyed" else None
+            if state is None:
+                missing.append(key)
+            for i in rows:
+                states[i] = state
         prompts = None
         if missing:
-            fresh = run_prompts(self.backbone, prepare([items[i] for i in missing]), self.queries.num_queries)
-            for i, state in zip(missing, fresh.split()):
-                states[i] = state
-                if keys[i] is not None:
-                    cache.put(keys[i], state)
+            fresh = run_prompts(self.backbone, prepare([items[positions[k][0]] for k in missing]),
+                                self.queries.num_queries)
+            for key, state in zip(missing, fresh.split()):
+                for i in positions[key]:
+                    states[i] = state
+                if key[0] != "unkeyed":
+                    cache.put(key, state)
             if len(missing) == len(items):
-                prompts = fresh  # nothing was kept yet: the batch as run, no re-join
+                prompts = fresh  # nothing was kept yet and no prompt repeats: the batch as run, no re-join
         if prompts is None:
             prompts = PromptBatch.join(states, self.backbone.dtype, self.backbone.device)
         return pool(queries_on_prompts(self.backbone, prompts, self.queries.weight))

@@ -9,8 +9,6 @@ style and an image-processor config. Nothing in slq treats these folders special
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ._io import save_folder
 from .errors import SLQError
 
 # Words enough for a byte-level BPE that tokenises captions in a few pieces, not byte by byte.
@@ -297,21 +296,3 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     model = auto_model.from_config(config)
     save_folder(out, model.save_pretrained, tokenizer.save_pretrained, *writers)
     return out
-
-
-def save_folder(path: Path, *writers: Callable[[Path], object]) -> None:
-    """Run each `writer(folder)` (e.g. `save_pretrained`) into a staging folder, then rename it into
-    place, so a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    staging.chmod(0o755)  # mkdtemp's 0700 would make the checkpoint unreadable to others
-    try:
-        for write in writers:
-            write(staging)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -21,16 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import ImageTextDataset, atomic_write
+from ._io import atomic_write, seeded_generator, setting
+from .data import ImageTextDataset
+from .distributed import distributed_context, sync_gradients
 from .encoder import Encoder
-from .errors import SLQError
+from .errors import SettingError, SLQError
 from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
-from .queries import ENGINES, PromptCache
+from .prompt_cache import PromptCache
+from .queries import ENGINES
 
 CHECKPOINT_DIR = "checkpoint"
 PROMPT_CACHE_DTYPES = (None, "float16", "bfloat16")  # storage of kept prompt keys/values (None: the model's)
@@ -40,44 +42,61 @@ PROMPT_CACHE_DTYPES = (None, "float16", "bfloat16")  # storage of kept prompt ke
 class TrainConfig:
     """Settings of one training run; saved with the adapter so the run can be told apart."""
 
-    num_queries: int = 20  # N_q, the number of shared latent queries
-    epochs: int = 1  # passes over the training images
-    batch_size: int = 32  # image-caption pairs per step; the other pairs are the negatives
-    lr: float = 5e-4  # peak AdamW learning rate
-    weight_decay: float = 0.0  # AdamW weight decay on the queries
-    warmup_steps: int | None = None  # linear warmup; None = min(100, a tenth of the run)
-    temperature: float = 0.07  # initial InfoNCE temperature (learned)
-    seed: int = 0  # data order, caption choice and query initialisation
-    save_every: int = 0  # write a resumable checkpoint every N steps (0 = only at the end)
-    engine: str = "cached"  # "cached": prompt without grad, backward over the queries only; "naive": full sequence
-    prompt_cache_mb: float = 0.0  # keep prompts' keys/values across epochs, up to this many MB of RAM (0 = off)
-    prompt_cache_disk_mb: float = 0.0  # beyond the RAM budget, up to this many MB in a temporary file (0 = off)
-    prompt_cache_dtype: str | None = None  # store kept keys/values as "float16"/"bfloat16" (None: the model's)
+    num_queries: int = setting(20, "number of shared latent queries N_q")
+    epochs: int = setting(1, "passes over the training set")
+    batch_size: int = setting(32, "caption-target pairs per step (per process); the other pairs are the negatives")
+    lr: float = setting(5e-4, "peak AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay on what trains (not the temperature)")
+    warmup_steps: int | None = setting(None, "linear warmup steps, then linear decay to 0 (default: min(100, a "
+                                             "tenth of the run))")
+    temperature: float = setting(0.07, "initial InfoNCE temperature (learned)")
+    seed: int = setting(0, "seed of the data order, the caption choice and the query initialisation")
+    save_every: int = setting(0, "write a resumable checkpoint into OUT/checkpoint every N steps (0: only at the "
+                                 "end)")
+    engine: str = setting("cached", "cached: the prompt runs once without grad and the backward pass covers only "
+                                    "the queries; naive: one pass with grad over the whole sequence (for checking)",
+                          choices=ENGINES)
+    prompt_cache_mb: float = setting(0.0, "with the cached engine, keep each prompt's keys/values across epochs in "
+                                          "up to this many MB of RAM, so later epochs run only the queries (0: off)")
+    prompt_cache_disk_mb: float = setting(0.0, "keep prompts beyond the RAM budget in a temporary file of up to this "
+                                               "many MB, read back as a memory map (in $TMPDIR; removed when "
+                                               "training ends; 0: off)")
+    prompt_cache_dtype: str | None = setting(None, "store kept keys/values in this dtype, halving a float32 model's "
+                                                   "footprint (default: the model's dtype)",
+                                             choices=PROMPT_CACHE_DTYPES[1:])
 
     def __post_init__(self):
         def need(ok: bool, name: str, rule: str):
             if not ok:
-                raise SLQError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {rule}")
+                raise SettingError(name, getattr(self, name), rule)
 
-        need(isinstance(self.num_queries, int) and self.num_queries >= 1, "num_queries", "must be an integer >= 1")
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "must be an integer >= 1")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size",
+        need(_is_int(self.num_queries) and self.num_queries >= 1, "num_queries", "must be an integer >= 1")
+        need(_is_int(self.epochs) and self.epochs >= 1, "epochs", "must be an integer >= 1")
+        need(_is_int(self.batch_size) and self.batch_size >= 2, "batch_size",
              "must be an integer >= 2 (in-batch negatives need company)")
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", "must be a positive number")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+        need(_is_number(self.lr) and self.lr > 0, "lr", "must be a positive number")
+        need(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.warmup_steps is None or (_is_int(self.warmup_steps) and self.warmup_steps >= 0),
              "warmup_steps", "must be an integer >= 0")
-        need(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
+        need(_is_number(self.temperature) and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
              f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
-        need(isinstance(self.save_every, int) and self.save_every >= 0, "save_every", "must be an integer >= 0")
+        need(_is_int(self.save_every) and self.save_every >= 0, "save_every", "must be an integer >= 0")
         need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
-        need(math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0, "prompt_cache_mb", "must be >= 0")
-        need(math.isfinite(self.prompt_cache_disk_mb) and self.prompt_cache_disk_mb >= 0, "prompt_cache_disk_mb",
+        need(_is_number(self.prompt_cache_mb) and self.prompt_cache_mb >= 0, "prompt_cache_mb", "must be >= 0")
+        need(_is_number(self.prompt_cache_disk_mb) and self.prompt_cache_disk_mb >= 0, "prompt_cache_disk_mb",
              "must be >= 0")
         need(self.prompt_cache_dtype in PROMPT_CACHE_DTYPES, "prompt_cache_dtype",
              f"must be one of {', '.join(d for d in PROMPT_CACHE_DTYPES if d)}")
         need(self.prompt_cache_dtype is None or self.prompt_cache_mb > 0 or self.prompt_cache_disk_mb > 0,
-             "prompt_cache_dtype", "needs a prompt cache: --prompt-cache-mb or --prompt-cache-disk-mb")
+             "prompt_cache_dtype", "needs a prompt cache: prompt_cache_mb or prompt_cache_disk_mb")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -86,10 +105,6 @@ class TrainResult:
     train_seconds: float = 0.0
     steps: int = 0
     prompt_cache: dict | None = None  # size and hit counts when prompts were kept across epochs
-
-
-def _seeded(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(hash(parts) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 class BatchPlan:
@@ -102,18 +117,18 @@ class BatchPlan:
     def __init__(self, dataset: ImageTextDataset, config: TrainConfig, rank: int = 0, world_size: int = 1):
         self.global_batch = config.batch_size * world_size
         if self.global_batch > len(dataset):
-            across = f" x {world_size} processes" if world_size > 1 else ""
-            raise SLQError(f"--batch-size {config.batch_size}{across} is larger than the training set "
-                           f"({len(dataset)} images in {dataset.name})")
+            across = f" once each of {world_size} processes takes a batch" if world_size > 1 else ""
+            raise SettingError("batch_size", config.batch_size, f"is larger than the training set ({len(dataset)} "
+                               f"records in {dataset.name}){across}")
         self.dataset, self.config, self.rank = dataset, config, rank
         self.steps_per_epoch = len(dataset) // self.global_batch  # drop the ragged tail: equal negatives per step
         self.total_steps = self.steps_per_epoch * config.epochs
 
     def __call__(self, step: int) -> tuple[list, list[str]]:
         epoch, within = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(self.dataset), generator=_seeded(self.config.seed, epoch))
+        order = torch.randperm(len(self.dataset), generator=seeded_generator("slq-train", self.config.seed, epoch))
         picked = order[within * self.global_batch:(within + 1) * self.global_batch].tolist()
-        choice = _seeded(self.config.seed, epoch, within, 1)
+        choice = seeded_generator("slq-train", self.config.seed, epoch, within, "captions")
         records = [self.dataset.records[i] for i in picked]
         texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
         mine = slice(self.rank * self.config.batch_size, (self.rank + 1) * self.config.batch_size)
@@ -136,10 +151,8 @@ def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: Contras
     """
     tensors = {f"param.{name}": p.detach().cpu() for name, p in encoder.trainable_tensors().items()}
     tensors["log_temperature"] = loss_fn.log_temperature.detach()
-    opt = optimizer.state_dict()
-    for index, state in opt["state"].items():
-        for name, value in state.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu()
+    optimizer_state, param_groups = optimizer_tensors(optimizer)
+    tensors.update(optimizer_state)
     folder.mkdir(parents=True, exist_ok=True)
     tensors_name = f"state-{step:08d}.safetensors"
     staging = folder / f".{tensors_name}.tmp"
@@ -147,12 +160,32 @@ def _save_checkpoint(folder: Path, step: int, encoder: Encoder, loss_fn: Contras
     with open(staging, "rb+") as f:
         os.fsync(f.fileno())  # on disk before state.json names it
     os.replace(staging, folder / tensors_name)
-    meta = {"step": step, "tensors": tensors_name, "param_groups": opt["param_groups"], "history": result.history,
+    meta = {"step": step, "tensors": tensors_name, "param_groups": param_groups, "history": result.history,
             "train_seconds": result.train_seconds, "run": run}
     atomic_write(folder / "state.json", json.dumps(meta))
     for stale in [*folder.glob("state-*.safetensors"), *folder.glob(".state-*.tmp")]:
         if stale.name != tensors_name:
             stale.unlink(missing_ok=True)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as named tensors (for safetensors) and its parameter groups (for JSON):
+    a checkpoint then needs no pickle."""
+    state = optimizer.state_dict()
+    tensors = {f"optimizer.{index}.{name}": torch.as_tensor(value).cpu()
+               for index, entries in state["state"].items() for name, value in entries.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           param_groups: list[dict]) -> None:
+    """The inverse of `optimizer_tensors` (keys other than "optimizer.*" are ignored)."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
 def _run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
@@ -173,18 +206,14 @@ def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
         raise SLQError(f"{folder}: cannot resume from this checkpoint: {type(e).__name__}: {e}") from None
     differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in run.items() if saved.get(k) != v]
     if differ:
-        raise SLQError(f"{folder}: --resume needs the checkpointed run's settings; these differ: {'; '.join(differ)}")
+        raise SLQError(f"{folder}: resuming needs the checkpointed run's settings; these differ: {'; '.join(differ)}")
     try:
         tensors = load_file(str(folder / meta["tensors"]))
         with torch.no_grad():
             for name, param in encoder.trainable_tensors().items():
                 param.copy_(tensors.pop(f"param.{name}"))
             loss_fn.log_temperature.copy_(tensors.pop("log_temperature"))
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_tensors(optimizer, tensors, meta["param_groups"])
         result.history, result.train_seconds = meta["history"], meta["train_seconds"]
         return int(meta["step"])
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as e:
@@ -214,28 +243,9 @@ def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.opti
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if loss_fn.world_size > 1:
-        _sync_gradients(encoder, loss_fn)
+        sync_gradients(list(encoder.trainable_tensors().values()), loss_fn.log_temperature, loss_fn.world_size)
     optimizer.step()
     return loss.item()
-
-
-def _sync_gradients(encoder: Encoder, loss_fn: ContrastiveLoss) -> None:
-    """Each process holds the global loss's gradient through its own slice only: sum those.
-
-    The temperature's gradient is already whole (and equal) on every process: average it.
-    """
-    for param in encoder.trainable_tensors().values():
-        if param.grad is not None:
-            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-    dist.all_reduce(loss_fn.log_temperature.grad, op=dist.ReduceOp.SUM)
-    loss_fn.log_temperature.grad /= loss_fn.world_size
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
@@ -249,11 +259,11 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     plan = BatchPlan(dataset, config, rank, world_size)
     warmup = min(100, plan.total_steps // 10) if config.warmup_steps is None else config.warmup_steps
     if warmup > plan.total_steps:
-        raise SLQError(f"--warmup-steps {warmup} is longer than the run ({plan.total_steps} steps): the learning "
-                       "rate would never reach its peak")
+        raise SettingError("warmup_steps", warmup, f"is longer than the run ({plan.total_steps} steps): the "
+                           "learning rate would never reach its peak")
     queries = getattr(encoder, "queries", None)
     if queries is not None and queries.num_queries != config.num_queries:
-        raise SLQError(f"the retriever has {queries.num_queries} queries but --num-queries is {config.num_queries}")
+        raise SettingError("num_queries", config.num_queries, f"the retriever has {queries.num_queries} queries")
     run = _run_identity(config, encoder, dataset, world_size)
     loss_fn = ContrastiveLoss(config.temperature, rank=rank, world_size=world_size)
     optimizer = make_optimizer(encoder, loss_fn, config)
@@ -266,7 +276,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     start = 0
     if resume:
         if checkpoint is None or not (checkpoint / "state.json").is_file():
-            raise SLQError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
+            raise SettingError("resume", True, f"no checkpoint to resume from in {checkpoint_dir}")
         start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result, run)
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=(None if progress is None else not progress) if rank == 0 else True)

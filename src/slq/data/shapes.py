@@ -15,21 +15,20 @@ training (`held_out_combos`) and appears only in val/test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from slq.data import atomic_write
-from slq.errors import SLQError
+from .._io import atomic_write, seeded_random, setting
+from ..errors import SLQError
 
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -112,9 +111,8 @@ class ShapeObject:
 
 
 def _rng(seed: int, *parts: object) -> random.Random:
-    """An independent stream for (seed, *parts); SHA-256, not hash(), so it is stable everywhere."""
-    key = ":".join(str(p) for p in ("slq-shapes", seed, *parts))
-    return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+    """An independent stream for (seed, *parts), the same on every machine."""
+    return seeded_random("slq-shapes", seed, *parts)
 
 
 def _check_image_size(image_size: int) -> None:
@@ -534,20 +532,26 @@ def generate_split(n_images: int, split: str, seed: int, image_size: int = 64) -
     return [_record(i, split, seed, image_size, held_out) for i in range(n_images)]
 
 
-def write_world(
-    out_dir: str | os.PathLike,
-    *,
-    n_train: int = 2000,
-    n_val: int = 200,
-    n_test: int = 500,
-    seed: int = 0,
-    image_size: int = 64,
-    progress: bool | None = None,
-) -> dict[str, Path]:
+@dataclass(frozen=True)
+class WorldConfig:
+    """The size and seed of a shapes world."""
+
+    n_train: int = setting(2000, "training images")
+    n_val: int = setting(200, "validation images")
+    n_test: int = setting(500, "test images")
+    seed: int = setting(0, "seed of everything in the world: images, captions, held-out pairs")
+    image_size: int = setting(64, "image side in pixels")
+
+
+def write_world(out_dir: str | os.PathLike, config: WorldConfig | None = None, *, progress: bool | None = None,
+                **settings) -> dict[str, Path]:
     """Write a world folder: images/{split}/NNNNN.png, knowledge.txt, world.json and, last and
     atomically, {train,val,test}.jsonl, so a folder with JSONL files is complete. Existing files
-    of the same names are overwritten. progress: True/False forces the bar on/off; None shows it
-    only on a terminal."""
+    of the same names are overwritten. `settings` override fields of `config` (default
+    `WorldConfig()`). progress: True/False forces the bar on/off; None shows it only on a terminal."""
+    config = replace(config or WorldConfig(), **settings)
+    n_train, n_val, n_test = config.n_train, config.n_val, config.n_test
+    seed, image_size = config.seed, config.image_size
     out = Path(out_dir)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for split, n in sizes.items():

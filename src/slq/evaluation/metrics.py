@@ -106,7 +106,7 @@ def recall_at_k(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 
     }
 
 
-def format_recall_table(report: dict, title: str | None = None) -> str:
+def format_recall_table(report: dict, title: str | None = None, directions: Sequence[str] = ("t2i", "i2t")) -> str:
     """A fixed-width table of a recall_at_k report, recalls in percent.
 
           R@1    R@5   R@10
@@ -114,10 +114,10 @@ def format_recall_table(report: dict, title: str | None = None) -> str:
     i2t  68.0   89.9   94.6
     n_images=5000 n_texts=25000
     """
-    columns = list(report["t2i"])
+    columns = list(report[directions[0]])
     lines = [title] if title else []
     lines.append(" " * 3 + "".join(f"{c:>7}" for c in columns))
-    for direction in ("t2i", "i2t"):
-        lines.append(direction + "".join(f"{100 * report[direction][c]:>7.1f}" for c in columns))
+    for direction in directions:
+        lines.append(f"{direction:<3}" + "".join(f"{100 * report[direction][c]:>7.1f}" for c in columns))
     lines.append(f"n_images={report['n_images']} n_texts={report['n_texts']}")
     return "\n".join(lines)

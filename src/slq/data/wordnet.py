@@ -36,13 +36,16 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from slq.data import TextRecord, write_jsonl
-from slq.errors import DataError, SLQError
+from .._io import setting
+from ..errors import DataError, SLQError
+from .formats import load_jsonl, write_jsonl
+from .records import ImageTextDataset, TextRecord
 
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
+DIRECTIONS = ("d2w", "w2d")  # definition (the caption) -> word (the target), and back
 INSTALL_HINT = "install Debian's wordnet-base: apt-get install wordnet-base, or pass --wordnet-dir"
 
 _WORD = re.compile(r"[a-z]{3,}")
@@ -244,21 +247,37 @@ def _records(pairs: list[WordDefinition]) -> list[TextRecord]:
     return [TextRecord(p.word, (p.definition,), f"wordnet:{p.offset}") for p in pairs]
 
 
+@dataclass(frozen=True)
+class WordNetSplit:
+    """How many words each split of the reverse dictionary gets, and the seed of the split."""
+
+    n_train: int | None = setting(4000, "training words (None: all words not in test or val)")
+    n_val: int = setting(500, "validation words, for choosing settings without the test words; 0 writes no "
+                              "val.jsonl")
+    n_test: int = setting(500, "held-out test words")
+    seed: int = setting(0, "seed of the word split")
+
+
+def load_wordnet_split(path: str | os.PathLike) -> ImageTextDataset:
+    """A split written by `write_wordnet`, its directions named definition→word and word→definition."""
+    return load_jsonl(path, directions=DIRECTIONS)
+
+
 def write_wordnet(
     out_dir: str | os.PathLike,
     wordnet_dir: str | os.PathLike | None = None,
-    *,
-    n_train: int | None = 4000,
-    n_test: int = 500,
-    n_val: int = 0,
-    seed: int = 0,
+    split: WordNetSplit | None = None,
+    **settings,
 ) -> dict:
     """Write train.jsonl and test.jsonl (and val.jsonl when n_val > 0; a val.jsonl left from an earlier
     call is removed otherwise), one {"text": word, "captions": [definition]} a line.
 
-    The word is the retrieval target and the definition its query. Files are written atomically,
-    so a crash never leaves a half file. Returns a summary for logs and model cards.
+    The word is the retrieval target and the definition its query. `settings` override fields of
+    `split` (default `WordNetSplit()`). Files are written atomically, so a crash never leaves a half
+    file. Returns a summary for logs and model cards.
     """
+    split = replace(split or WordNetSplit(), **settings)
+    n_train, n_val, n_test, seed = split.n_train, split.n_val, split.n_test, split.seed
     wordnet_dir = DEFAULT_WORDNET_DIR if wordnet_dir is None else wordnet_dir
     pairs = reverse_dictionary(wordnet_dir)
     train, val, test = split_pairs(pairs, n_train=n_train, n_test=n_test, n_val=n_val, seed=seed)

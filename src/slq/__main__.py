@@ -1,0 +1,7 @@
+"""`python -m slq`: the `slq` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

