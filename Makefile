@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

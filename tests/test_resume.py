@@ -148,7 +148,7 @@ def _mark_history(out: Path) -> None:
 def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_jsonl, uninterrupted, tmp_path):
     out_a, out_b = uninterrupted, tmp_path / "out_b"
     cmd = _train_cmd(backbone, shapes_jsonl, out_b)
-    for attempt in range(3):  # a retry only if this process was descheduled long enough to miss every step
+    for attempt in range(3):  # noqa: B007 (named in the message)  a retry only if this process was descheduled long enough to miss every step
         shutil.rmtree(out_b, ignore_errors=True)
         with open(tmp_path / "killed.stderr", "w+") as stderr:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import slq
 
+from helpers import slq
 from slq.backbone import Backbone
 from slq.data import TextRecord, load_dataset, load_jsonl, write_jsonl
 from slq.errors import DataError, SLQError

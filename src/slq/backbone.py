@@ -117,7 +117,7 @@ class Backbone:
 
     @classmethod
     def load(cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-             trust_remote_code: bool = False) -> "Backbone":
+             trust_remote_code: bool = False) -> Backbone:
         """Load a checkpoint folder through transformers' Auto classes, exactly as downloaded.
 
         A `.gguf` file is converted to a folder in slq's cache on first use (see `slq.gguf`).

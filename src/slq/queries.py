@@ -34,7 +34,7 @@ class LatentQueries(nn.Module):
         return self.weight.shape[0]
 
     @classmethod
-    def from_backbone(cls, backbone: Backbone, num_queries: int, generator: torch.Generator) -> "LatentQueries":
+    def from_backbone(cls, backbone: Backbone, num_queries: int, generator: torch.Generator) -> LatentQueries:
         """Start from the input embeddings of random ordinary tokens.
 
         The queries must live at the scale of what the embedding layer outputs (some families scale
@@ -87,7 +87,7 @@ class PromptState:
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "PromptState":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> PromptState:
         return PromptState(self.keys.to(device, dtype), self.values.to(device, dtype),
                            self.query_positions.to(device))
 
@@ -115,7 +115,7 @@ class PromptBatch:
                 for row, real in enumerate(self.attention_mask.sum(-1).tolist())]
 
     @classmethod
-    def join(cls, states: list[PromptState], dtype: torch.dtype, device: torch.device) -> "PromptBatch":
+    def join(cls, states: list[PromptState], dtype: torch.dtype, device: torch.device) -> PromptBatch:
         """Left-pad and stack prompt states (kept ones and fresh ones alike) into one batch."""
         first, longest = states[0].keys, max(s.length for s in states)
         layers, kv_heads, _, head_dim = first.shape

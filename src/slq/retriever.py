@@ -41,7 +41,7 @@ class SLQRetriever(Encoder):
     def from_pretrained(cls, backbone_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None, *,
                         num_queries: int = 20, seed: int = 0, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
-                        ) -> "SLQRetriever":
+                        ) -> SLQRetriever:
         """Load a backbone folder and, if given, a trained adapter (else fresh queries to train)."""
         backbone = Backbone.load(backbone_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         if adapter_dir is None:
@@ -58,7 +58,7 @@ class SLQRetriever(Encoder):
         return cls(backbone, queries, config.temperature)
 
     @classmethod
-    def fresh(cls, backbone: Backbone, num_queries: int = 20, seed: int = 0) -> "SLQRetriever":
+    def fresh(cls, backbone: Backbone, num_queries: int = 20, seed: int = 0) -> SLQRetriever:
         """Untrained queries on a loaded backbone, initialised from its token embeddings."""
         return cls(backbone, LatentQueries.from_backbone(backbone, num_queries, torch.Generator().manual_seed(seed)))
 

@@ -1,9 +1,10 @@
 """Training the latent queries: symmetric InfoNCE, AdamW, warmup then linear decay.
 
-For SLQ only the queries and the temperature train (baselines bring their own trainable tensors). Every batch is a pure function of (seed, step): the
-epoch's image order comes from a generator seeded by (seed, epoch) and each image's caption from
-one seeded by (seed, step). So a run is deterministic on CPU, and a run resumed from a checkpoint
-continues with exactly the batches it would have seen.
+For SLQ only the queries and the temperature train (baselines bring their own trainable tensors).
+Every batch is a pure function of (seed, step): the epoch's order comes from a generator seeded
+by (seed, epoch) and each record's caption from one seeded by (seed, step), both through
+`slq._io.seeded_generator` (SHA-256, the same on every machine). So a run is deterministic on
+the CPU, and a run resumed from a checkpoint continues with exactly the batches it would have seen.
 
 Checkpoints (trainable tensors, temperature, optimizer state, step, history) live in `checkpoint/`
 inside the output folder, as safetensors + JSON (nothing is ever unpickled), and a kill at any

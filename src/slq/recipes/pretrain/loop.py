@@ -197,9 +197,8 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
             bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
         if config.save_every and done % config.save_every == 0 and done < config.steps:
-            save_folder(ckpt, model.save_pretrained,
-                        lambda d: _save_optimizer(optimizer, d, {"step": done, "history": history,
-                                                                  "device": device.type, "config": asdict(config)}))
+            state = {"step": done, "history": history, "device": device.type, "config": asdict(config)}
+            save_folder(ckpt, model.save_pretrained, lambda d, state=state: _save_optimizer(optimizer, d, state))
     bar.close()
     seconds = time.perf_counter() - began
     model.eval()

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from wordnet_fixture import EXPECTED, HEADER, write_fixture
 
 from slq.data.wordnet import (
     DEFAULT_WORDNET_DIR,
@@ -18,6 +17,7 @@ from slq.data.wordnet import (
     write_wordnet,
 )
 from slq.errors import DataError, SLQError
+from wordnet_fixture import EXPECTED, HEADER, write_fixture
 
 
 def line_number(path: Path, part: str) -> int:

@@ -328,7 +328,7 @@ def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
 
     variants = tmp_path / "variants.json"
     variants.write_text(json.dumps({"tiny": {"steps": 2, "stages": [], "batch_size": 4}, "broken": {"steps": 0}}))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_sweep.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_sweep.py"
     done = subprocess.run([sys.executable, str(script), "--variants", str(variants), "--work", str(tmp_path / "w"),
                            "--pretrain-images", "32"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, "a failed run makes the sweep fail"

@@ -7,9 +7,8 @@ import sys
 from dataclasses import replace
 
 import pytest
-from helpers import slq
-from wordnet_fixture import write_fixture
 
+from helpers import slq
 from slq.errors import SLQError
 from slq.recipes.evidence import (
     EVIDENCE_METHODS,
@@ -17,6 +16,7 @@ from slq.recipes.evidence import (
     gemma_gguf,
     run_evidence,
 )
+from wordnet_fixture import write_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_sweep_script_scores_validation_words_each_epoch(tiny_dirs, tmp_path):
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "evidence_sweep.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "evidence_sweep.py"
     log = tmp_path / "sweep.jsonl"
     proc = subprocess.run([sys.executable, str(script), "--backbone", str(tiny_dirs["gemma3_text"]), "--wordnet-dir",
                            str(write_fixture(tmp_path / "wordnet")), "--data", str(tmp_path / "pairs"), "--n-train",
