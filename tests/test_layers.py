@@ -90,3 +90,16 @@ def test_loading_a_backbone_imports_no_tiny_builder_and_no_upper_layer():
             "print(sorted(m for m in sys.modules if m.startswith('slq.')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "slq.tiny" not in loaded and "slq.evaluation" not in loaded and "slq.cli" not in loaded, loaded
+
+
+LIBRARY = [p for p in SOURCES if layer(module_name(p)) < 5]  # everything but the command
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_library_code_logs_and_never_prints_nor_imports_the_version_back(path):
+    tree = ast.parse(path.read_text())
+    prints = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+    assert not prints, f"{module_name(path)} prints at lines {prints}; log through logging.getLogger('slq')"
+    version_from_package = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                            and any(a.name == "__version__" for a in n.names) and (n.module or "") != "_version"]
+    assert not version_from_package, f"{module_name(path)} imports __version__ from the package: use slq._version"

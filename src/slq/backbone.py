@@ -296,19 +296,19 @@ class Backbone:
         prefix_len = batch.input_ids.shape[1]
         count = appended.shape[-2] if appended is not None else num_appended
         ids, mask = batch.input_ids, batch.attention_mask
-        if count:
+        if count:  # positions over prompt + appended tokens, so that the appended ones continue the prompt
             b = len(batch)
             ids = torch.cat([ids, ids.new_full((b, count), self.tokenizer.pad_token_id)], dim=1)  # (B, L+N): stand-ins
             mask = torch.cat([mask, mask.new_ones((b, count))], dim=1)
         positions = self.family.position_ids(self.model, ids, mask, batch.model_inputs)  # (..., B, L+N)
-        inputs: dict = {"input_ids": batch.input_ids}
         if appended is not None:
             embeds = self.input_embeddings(batch.input_ids)  # (B, L, d)
             extra = appended.to(embeds.dtype).expand(len(batch), -1, -1)  # (B, N, d)
-            inputs = {"inputs_embeds": torch.cat([embeds, extra], dim=1)}
-        else:
-            ids, mask, positions, rest = batch.input_ids, batch.attention_mask, positions[..., :prefix_len], \
-                positions[..., prefix_len:]
+            inputs = {"inputs_embeds": torch.cat([embeds, extra], dim=1)}  # (B, L+N, d)
+        else:  # the prompt alone runs; its ids find the image slots exactly
+            ids, mask = batch.input_ids, batch.attention_mask
+            positions, later = positions[..., :prefix_len], positions[..., prefix_len:]
+            inputs = {"input_ids": batch.input_ids}
         kwargs = {**model_kwargs(self.model, self.family, ids, mask, batch.model_inputs, positions), **inputs}
         if keep_keys_values:
             from transformers import DynamicCache
@@ -323,7 +323,7 @@ class Backbone:
         if keep_keys_values:
             result.keys_values = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
         if appended is None and count:
-            result.appended_positions = rest
+            result.appended_positions = later
         return result
 
     def forward_after(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],

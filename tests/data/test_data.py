@@ -18,7 +18,7 @@ from slq.data import (
     load_karpathy,
     write_jsonl,
 )
-from slq.errors import DataError
+from slq.errors import DataError, SLQError
 
 
 def make_png(path: Path, size: int = 4, color=(200, 30, 30)) -> Path:
@@ -437,3 +437,30 @@ def test_property_arbitrary_karpathy_file(tmp_path, top):
 @given(entries=st.lists(karpathy_entries | json_values, max_size=5))
 def test_property_arbitrary_karpathy_entries(tmp_path, entries):
     _load_karpathy_or_data_error(tmp_path / "p.json", {"images": entries})
+
+
+def test_records_keep_their_other_fields_and_write_them_back(tmp_path):
+    """A benchmark's own labels (a category, objects) travel with its records: read, kept, written."""
+    make_png(tmp_path / "a.png")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"image": "a.png", "captions": ["x"], "category": "Cultural Symbolism",
+                                                   "objects": [{"shape": "star"}]}) + "\n")
+    record = load_jsonl(tmp_path / "in.jsonl").records[0]
+    assert record.meta == {"category": "Cultural Symbolism", "objects": [{"shape": "star"}]}
+    write_jsonl([record], tmp_path / "out.jsonl")
+    assert load_jsonl(tmp_path / "out.jsonl").records[0].meta == record.meta
+    assert record == ImageRecord(record.image, record.captions, record.source)  # meta is data, not identity
+
+
+def test_karpathy_entries_keep_their_ids(tmp_path):
+    make_png(tmp_path / "a.png")
+    entry = {"filename": "a.png", "split": "test", "cocoid": 42, "sentences": [{"raw": "x"}]}
+    (tmp_path / "dataset_x.json").write_text(json.dumps({"images": [entry]}))
+    assert load_karpathy(tmp_path / "dataset_x.json").records[0].meta == {"cocoid": 42}
+
+
+def test_a_dataset_names_its_two_directions(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"text": "cat", "captions": ["a feline"]}) + "\n")
+    assert load_jsonl(tmp_path / "pairs.jsonl").directions == ("t2i", "i2t")
+    assert load_dataset(tmp_path / "pairs.jsonl", directions=("d2w", "w2d")).directions == ("d2w", "w2d")
+    with pytest.raises(SLQError, match="two different non-empty names"):
+        load_jsonl(tmp_path / "pairs.jsonl", directions=("d2w", "d2w"))

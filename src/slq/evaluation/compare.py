@@ -46,9 +46,11 @@ _TRAINED_ENCODERS = {"slq", "lora", "full_ft"}
 
 
 class Evaluator(Protocol):
-    """Scores an encoder; `name` keys its results in the report. `RetrievalEvaluator` is one."""
+    """Scores an encoder on a dataset; `name` keys its results in the report (`RetrievalEvaluator` is
+    one). Its result's entries that are mappings (one per direction) go into the row."""
 
     name: str
+    dataset: ImageTextDataset
     directions: tuple[str, str]
 
     def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict: ...
@@ -266,8 +268,8 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
     report = {
         "methods": {m.name: {k: v for k, v in rows[m.name].items() if k != "evaluations"} for m in methods},
         "directions": list(primary.directions),
-        "chance_R@1": 1 / len(primary.dataset) if hasattr(primary, "dataset") else None,
-        "test": getattr(getattr(primary, "dataset", None), "name", primary.name),
+        "chance_R@1": 1 / len(primary.dataset),
+        "test": primary.dataset.name,
         "train": train_data.name,
         "method_settings": {m.name: {"encoder": m.encoder, "random_init": m.random_init,
                                      "train": asdict(m.train) if m.train else None} for m in methods},
@@ -275,5 +277,5 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
     for ev in others:
         report[ev.name] = {m.name: rows[m.name]["evaluations"][ev.name] for m in methods
                            if ev.name in rows[m.name].get("evaluations", {})}
-        report.setdefault("datasets", {})[ev.name] = getattr(getattr(ev, "dataset", None), "name", ev.name)
+        report.setdefault("datasets", {})[ev.name] = ev.dataset.name
     return report

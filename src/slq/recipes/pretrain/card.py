@@ -50,7 +50,7 @@ def model_card(info: dict) -> str:
         *(["- curriculum, before that mixture: " + "; then ".join(
             f"{steps} steps of " + ", ".join(f"{k} {v:.0%}" for k, v in mixture.items())
             for steps, mixture in cfg["stages"]) + "; the learning rate warms up again at the start of each stage "
-           "(why: `slq.pretrain`'s docstring)"] if cfg.get("stages") else []),
+           "(why: slq's docs/slq-tiny-vl.md)"] if cfg.get("stages") else []),
         f"- vision tower: pixels normalised with mean {cfg.get('image_mean')} and std {cfg.get('image_std')} "
         f"(None: CLIP's); the merger's output layer scaled by {cfg.get('merger_init_scale', 1.0)} at initialisation; "
         f"frozen for the first {cfg.get('vision_freeze_steps', 0)} steps, then learning rate x"
@@ -62,7 +62,7 @@ def model_card(info: dict) -> str:
         f"{info['final_loss']:.3f}",
         "- reproduce: `" + info["command"] + "`", "",
         "## What mattered", "",
-        "How these settings were found (numbers in `slq.pretrain`'s docstring and slq's README):", "",
+        "How these settings were found (numbers in slq's docs/slq-tiny-vl.md):", "",
         "- the language model must first learn to read the image tokens: a task mixture from step 0 never taught "
         "it to, a curriculum of colour questions, then shape questions, then the mixture did;",
         "- what SLQ elicits varies much with the pretraining seed, so recipes were compared over seeds, by SLQ's "
@@ -76,7 +76,7 @@ def model_card(info: dict) -> str:
         lines += ["## What it can do", "",
                   f"Greedy captions of {acc['n_images']} held-out test images (about half show a colour-shape pair "
                   "never seen in training), scored word by word against the image's objects "
-                  "(`slq.pretrain.caption_attribute_accuracy`):", "",
+                  "(`slq.evaluation.capability.caption_attribute_accuracy`):", "",
                   "| colour | shape | colour+shape pair | count | caption fully correct |",
                   "| --- | --- | --- | --- | --- |",
                   "| " + " | ".join(f"{100 * acc[k]:.1f}%" if acc[k] is not None else "-"
@@ -85,7 +85,7 @@ def model_card(info: dict) -> str:
                                      for s in acc["samples"][:4]] + [""]
     health = info.get("vision_health")
     if health:
-        lines += [f"Image tokens of 64 test images (`slq.pretrain.vision_feature_health`): mean norm "
+        lines += [f"Image tokens of 64 test images (`slq.evaluation.capability.vision_feature_health`): mean norm "
                   f"{health['feature_norm']} ({health['norm_ratio']}x the word embeddings'), cosine between two "
                   f"tokens of one image {health['within_image_cos']}, between the mean tokens of two images "
                   f"{health['across_image_cos']}.", ""]

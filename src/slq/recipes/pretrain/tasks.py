@@ -153,7 +153,8 @@ class GenerativeData:
     def batch(self, seed: int, step: int, size: int, mixture: dict | None = None) -> list[Example]:
         """`size` examples of tasks drawn from `mixture` (default: the one given at construction)."""
         mixture = mixture or self.mixture
-        assert self.knowledge or not mixture.get("knowledge"), "the knowledge task needs a corpus"
+        if not self.knowledge and mixture.get("knowledge"):
+            raise SLQError("the knowledge task needs a corpus (the world's knowledge.txt is empty)")
         tasks = [t for t in TASKS if mixture.get(t, 0) > 0]
         weights = [mixture[t] for t in tasks]
         rng = _rng(seed, "batch", step)

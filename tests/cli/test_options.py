@@ -1,0 +1,86 @@
+"""The CLI's flags come from the library's config dataclasses: one default each, the same flags for
+every command that trains, setting errors shown as flags, -q/-v, and `python -m slq`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from slq.cli import build_parser, main, setup_logging
+from slq.data.shapes import WorldConfig
+from slq.data.wordnet import WordNetSplit
+from slq.recipes.demo import DemoConfig
+from slq.recipes.evidence import EvidenceConfig
+from slq.train import TrainConfig
+
+
+def _subparser(*path: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.option_strings}
+
+
+@pytest.mark.parametrize("command,config,skip", [
+    (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every",)), (("demo",), DemoConfig, ("seed",)),
+    (("evidence",), EvidenceConfig, ()), (("data", "shapes"), WorldConfig, ()), (("data", "wordnet"), WordNetSplit, ()),
+])
+def test_every_config_field_is_a_flag_with_the_config_default(command, config, skip):
+    options = _options(_subparser(*command))
+    for f in fields(config):
+        if f.name in skip:
+            assert f.name not in options
+            continue
+        action = options[f.name]
+        assert action.option_strings == [f"--{f.name.replace('_', '-')}"]
+        assert action.default == f.default, (command, f.name)
+        assert f.metadata["help"].split(" (")[0][:30] in action.help
+
+
+def test_train_and_compare_take_the_same_training_settings():
+    train, compare = _options(_subparser("train")), _options(_subparser("compare"))
+    for name in ("prompt_cache_mb", "prompt_cache_disk_mb", "prompt_cache_dtype", "warmup_steps", "temperature",
+                 "weight_decay", "engine"):
+        assert train[name].default == compare[name].default and train[name].choices == compare[name].choices
+    assert _options(_subparser("data", "wordnet"))["n_val"].default == WordNetSplit().n_val == 500
+
+
+def test_a_bad_setting_is_reported_as_its_flag(capsys, tmp_path):
+    code = main(["train", "--backbone", str(tmp_path), "--train", str(tmp_path / "x.jsonl"), "--out",
+                 str(tmp_path / "out"), "--num-queries", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == "slq: error: --num-queries 0: must be an integer >= 1"
+
+
+def test_quiet_and_verbose_set_the_log_level_before_or_after_the_command():
+    command = ["data", "shapes", "--out", "x"]
+    for flags, level in (([], logging.INFO), (["-q"], logging.WARNING), (["-v"], logging.DEBUG)):
+        for argv in ([*flags, *command], [*command, *flags]):
+            setup_logging(build_parser().parse_args(argv).verbosity)
+            assert logging.getLogger("slq").level == level, argv
+
+
+def test_python_dash_m_slq_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "slq", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("slq ")
+
+
+def test_old_module_paths_import_with_a_warning():
+    import importlib
+
+    sys.modules.pop("slq.compare", None)
+    with pytest.warns(DeprecationWarning, match="slq.compare moved to slq.evaluation.compare"):
+        old = importlib.import_module("slq.compare")
+    import slq.evaluation.compare
+
+    assert old is slq.evaluation.compare and old.compare is slq.evaluation.compare.compare
