@@ -40,3 +40,13 @@ def test_seeds_come_from_the_parts_text_not_from_hash():
     assert seed_of("slq-train", 0, 1) != seed_of("slq-train", 1, 0) != seed_of("slq-shapes", 0, 1)
     assert seeded_random("x", 3).random() == seeded_random("x", 3).random()
     assert int(seeded_generator("x", 3).initial_seed()) == seed_of("x", 3) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def test_a_setting_error_survives_pickling():
+    """compare --isolate sends a method's error back from its process: it must arrive whole."""
+    import pickle
+
+    from slq.errors import SettingError
+
+    error = pickle.loads(pickle.dumps(SettingError("batch_size", 64, "is larger than the training set")))
+    assert (error.setting, error.value, str(error)) == ("batch_size", 64, "batch_size 64: is larger than the training set")

@@ -44,6 +44,9 @@ class SettingError(SLQError):
         self.setting, self.value, self.rule = setting, value, rule
         super().__init__(self.message())
 
+    def __reduce__(self):  # rebuilt from its parts when it crosses a process boundary (compare --isolate)
+        return type(self), (self.setting, self.value, self.rule)
+
     def message(self, name_of=lambda setting: setting) -> str:
         plain = isinstance(self.value, str) and self.value and not any(c.isspace() for c in self.value)
         shown = self.value if plain else repr(self.value)

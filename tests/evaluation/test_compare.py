@@ -114,14 +114,17 @@ def test_unknown_method_is_refused():
         Method("mean", "mean", TrainConfig())
 
 
-def test_every_failed_method_is_reported_and_the_others_finish(tiny_dirs, shapes_jsonl):
-    """Two methods that cannot train (batch larger than the data) both fail; the zero-shot row still lands."""
+@pytest.mark.parametrize("isolate", [False, True])
+def test_every_failed_method_is_reported_and_the_others_finish(tiny_dirs, shapes_jsonl, isolate):
+    """Two methods that cannot train (batch larger than the data) both fail; the zero-shot row still lands,
+    also when each method runs in a process of its own (the errors cross back whole)."""
     data = load_jsonl(shapes_jsonl)
     too_big = TrainConfig(num_queries=2, batch_size=64)
     rows = {}
     with pytest.raises(MethodsFailed) as failed:
         compare(tiny_dirs["llava"], data, standard_methods(["slq", "zero_shot_mean", "lora"], too_big),
-                [RetrievalEvaluator(data)], progress=False, on_row=lambda name, row: rows.setdefault(name, row))
+                [RetrievalEvaluator(data)], progress=False, on_row=lambda name, row: rows.setdefault(name, row),
+                isolate=isolate, jobs=2 if isolate else 1)
     assert set(failed.value.failures) == {"slq", "lora"} and set(rows) == {"zero_shot_mean"}
     assert "method slq failed" in str(failed.value) and "method lora failed" in str(failed.value)
 
