@@ -104,3 +104,16 @@ def setting(default=None, help: str = "", *, factory=None, **metadata):
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def require_positive_ints(config, *names: str, optional: tuple[str, ...] = ()) -> None:
+    """Raise a SettingError naming the first of `names` (a field of `config`) that is not an integer
+    >= 1; the fields in `optional` may also be None."""
+    from .errors import SettingError
+
+    for name in names:
+        value = getattr(config, name)
+        if value is None and name in optional:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise SettingError(name, value, "must be an integer >= 1" + (" (or None)" if name in optional else ""))

@@ -84,3 +84,16 @@ def test_old_module_paths_import_with_a_warning():
     import slq.evaluation.compare
 
     assert old is slq.evaluation.compare and old.compare is slq.evaluation.compare.compare
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["evidence", "--baseline-epochs", "0"], "--baseline-epochs 0: must be an integer >= 1 (or None)"),
+    (["demo", "--jobs", "0"], "--jobs 0: must be an integer >= 1"),
+    (["compare", "--backbone", "b", "--train", "t.jsonl", "--test", "t.jsonl", "--batch-size", "1"],
+     "--batch-size 1: must be an integer >= 2 (in-batch negatives need company)"),
+])
+def test_recipe_settings_are_checked_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"slq: error: {message}"
+    assert not list(tmp_path.iterdir()), "nothing was written"

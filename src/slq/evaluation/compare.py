@@ -97,8 +97,8 @@ def standard_methods(names: Sequence[str], config: TrainConfig, baseline_config:
 def baseline_config_for(config: TrainConfig, lr: float | None = None, epochs: int | None = None) -> TrainConfig:
     """LoRA's and full fine-tuning's settings from SLQ's: `lr` (default SLQ's / 10: queries and LoRA
     weights live at different scales), `epochs` (default SLQ's), no prompt cache (it serves SLQ only)."""
-    return replace(config, lr=lr or config.lr / 10, epochs=epochs or config.epochs, prompt_cache_mb=0.0,
-                   prompt_cache_disk_mb=0.0, prompt_cache_dtype=None)
+    return replace(config, lr=config.lr / 10 if lr is None else lr, epochs=config.epochs if epochs is None else epochs,
+                   prompt_cache_mb=0.0, prompt_cache_disk_mb=0.0, prompt_cache_dtype=None)
 
 
 def random_twin(backbone_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int) -> Path:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .._io import setting
+from .._io import require_positive_ints, setting
 from ..data import load_jsonl
 from ..data.shapes import write_world
 from ..errors import SLQError
@@ -47,6 +47,9 @@ class DemoConfig:
     jobs: int = setting(2, "methods trained at once, in separate processes")
     seed: int = setting(DEMO_SEED, "seed of the world and of training (slq-tiny-vl was pretrained on world 0)",
                         cli=False)
+
+    def __post_init__(self):
+        require_positive_ints(self, "n_train", "n_test", "epochs", "num_queries", "batch_size", "jobs")
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,

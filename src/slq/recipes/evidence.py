@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, cache_root, setting
+from .._io import atomic_write, cache_root, require_positive_ints, setting
 from ..data.wordnet import DEFAULT_WORDNET_DIR, load_wordnet_split, write_wordnet
-from ..errors import SLQError
+from ..errors import SettingError, SLQError
 from ..evaluation.compare import (
     baseline_config_for,
     compare,
@@ -62,6 +62,12 @@ class EvidenceConfig:
     eval_batch_size: int = setting(64, "items per forward pass when evaluating")
     prompt_cache_mb: float = setting(8000, "RAM for SLQ's prompt keys/values reused across epochs (about 3.5 GB "
                                            "for Gemma)")
+
+    def __post_init__(self):
+        require_positive_ints(self, "n_train", "n_test", "num_queries", "epochs", "batch_size", "eval_batch_size",
+                              "baseline_epochs", optional=("baseline_epochs",))
+        if not (isinstance(self.n_val, int) and self.n_val >= 0):
+            raise SettingError("n_val", self.n_val, "must be an integer >= 0")
 
     @property
     def prompt_cache_used_mb(self) -> float:
