@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from slq.data.wordnet import load_wordnet_split, write_wordnet
+from slq.data import load_dataset
+from slq.data.wordnet import write_wordnet
 from slq.evaluation.retrieval import evaluate
 from slq.recipes.evidence import EvidenceConfig, gemma_backbone
 from slq.retriever import SLQRetriever
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     write_wordnet(args.data, args.wordnet_dir, n_train=args.n_train, n_test=args.n_test, n_val=args.n_val,
                   seed=defaults.seed)
-    train_data, val_data = load_wordnet_split(args.data / "train.jsonl"), load_wordnet_split(args.data / "val.jsonl")
+    train_data, val_data = load_dataset(args.data / "train.jsonl"), load_dataset(args.data / "val.jsonl")
     backbone = gemma_backbone() if args.backbone is None else args.backbone
     retriever = SLQRetriever.from_pretrained(backbone, num_queries=args.num_queries, seed=defaults.seed)
     config = TrainConfig(num_queries=args.num_queries, epochs=args.epochs, batch_size=args.batch_size,

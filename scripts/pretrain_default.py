@@ -19,13 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from slq.recipes.pretrain import (
-    MODEL_OVERRIDES,
-    PretrainConfig,
-    caption_attribute_accuracy,
-    model_card,
-    pretrain,
-)
+from slq.recipes.pretrain import MODEL_OVERRIDES, PretrainConfig, caption_attribute_accuracy, model_card, pretrain
 
 
 def parse_args(argv=None):

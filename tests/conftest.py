@@ -48,3 +48,15 @@ def make_shapes_dataset(folder: Path, repeats: int = 2, size: int = 48) -> Path:
 @pytest.fixture(scope="session")
 def shapes_jsonl(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_slq_logger():
+    """The CLI, run in this process by some tests, sets up the `slq` logger for a terminal (its own
+    handler, no propagation); later tests read slq's records through pytest's caplog."""
+    import logging
+
+    logger = logging.getLogger("slq")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

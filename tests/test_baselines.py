@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from slq.backbone import Backbone
-from slq.baselines import (
-    ONE_WORD_TEXT,
-    PooledEncoder,
-    add_lora,
-    unfreeze_language_model,
-)
+from slq.baselines import ONE_WORD_TEXT, PooledEncoder, add_lora, unfreeze_language_model
 from slq.data import load_jsonl
 from slq.train import TrainConfig, train
 

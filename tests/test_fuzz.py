@@ -21,26 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import (
-    HealthCheck,
-    currently_in_test_context,
-    event,
-    example,
-    given,
-    settings,
-)
+from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save as safetensors_bytes
 
-from slq.adapter import (
-    CONFIG_NAME,
-    POOLINGS,
-    WEIGHTS_NAME,
-    AdapterConfig,
-    load_adapter,
-    save_adapter,
-)
+from slq.adapter import CONFIG_NAME, POOLINGS, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
 from slq.data.readers import read_texts as _read_texts
 from slq.errors import AdapterError, DataError
 

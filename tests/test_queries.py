@@ -7,15 +7,7 @@ import torch
 from PIL import Image
 
 from slq.loss import ContrastiveLoss
-from slq.queries import (
-    ENGINES,
-    LatentQueries,
-    PromptBatch,
-    pool,
-    queries_on_prompts,
-    query_states,
-    run_prompts,
-)
+from slq.queries import ENGINES, LatentQueries, PromptBatch, pool, queries_on_prompts, query_states, run_prompts
 from slq.tiny import TINY_FAMILIES
 
 NUM_QUERIES = 5

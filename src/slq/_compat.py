@@ -1,7 +1,8 @@
 """Module paths of slq 0.1's flat layout, kept importable for one release.
 
 `import slq.compare` (and the others in `MOVED`) gives the module at its new home, with a
-DeprecationWarning naming it; the module object is the same, so its names are the same too.
+DeprecationWarning naming it. Where 0.1's module was split (`slq.compare`'s report and plots went
+to `slq.evaluation.report`), the old path is a module holding the names of every new home.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 MOVED = {
-    "slq.compare": "slq.evaluation.compare",
+    "slq.compare": ("slq.evaluation.compare", "slq.evaluation.report"),
     "slq.evaluate": "slq.evaluation.retrieval",
     "slq.metrics": "slq.evaluation.metrics",
     "slq.shapes": "slq.data.shapes",
@@ -31,9 +33,16 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        warnings.warn(f"{spec.name} moved to {MOVED[spec.name]}; the old path goes in the next release",
+        homes = MOVED[spec.name] if isinstance(MOVED[spec.name], tuple) else (MOVED[spec.name],)
+        warnings.warn(f"{spec.name} moved to {' and '.join(homes)}; the old path goes in the next release",
                       DeprecationWarning, stacklevel=3)
-        module = importlib.import_module(MOVED[spec.name])
+        modules = [importlib.import_module(home) for home in homes]
+        if len(modules) == 1:
+            module = modules[0]
+        else:
+            module = types.ModuleType(spec.name, modules[0].__doc__)
+            for part in modules:
+                module.__dict__.update({k: v for k, v in vars(part).items() if not k.startswith("__")})
         sys.modules[spec.name] = module
         return module
 
@@ -44,3 +53,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install() -> None:
     if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
         sys.meta_path.append(_MovedModules())
+
+
+def moved_name(module: str, name: str, home: str):
+    """A name that left `module` for `home` in this release: returned with a DeprecationWarning (for a
+    module-level `__getattr__`)."""
+    warnings.warn(f"{module}.{name} moved to {home}; the old path goes in the next release", DeprecationWarning,
+                  stacklevel=3)
+    return getattr(importlib.import_module(home), name)

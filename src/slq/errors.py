@@ -24,6 +24,10 @@ def one_line(text: str) -> str:
 class SLQError(Exception):
     """A user-facing error: the message says what is wrong and where."""
 
+    def message(self, name_of=lambda setting: setting) -> str:
+        """The message, with settings named by `name_of` (the CLI passes its flag names)."""
+        return str(self)
+
 
 class DataError(SLQError):
     """A dataset file, record or image cannot be used."""
@@ -33,6 +37,20 @@ class AdapterError(SLQError):
     """An adapter folder is malformed or does not belong to the backbone it is loaded onto."""
 
 
+class _NoValue:
+    """The value of a SettingError that names a setting without showing a value; one object, also
+    after pickling."""
+
+    def __reduce__(self):
+        return "NO_VALUE"
+
+    def __repr__(self):
+        return "NO_VALUE"
+
+
+NO_VALUE = _NoValue()
+
+
 class SettingError(SLQError):
     """A setting (a config field or keyword argument) has a value that cannot be used.
 
@@ -40,7 +58,7 @@ class SettingError(SLQError):
     with its flags.
     """
 
-    def __init__(self, setting: str, value: object, rule: str):
+    def __init__(self, setting: str, value: object = NO_VALUE, rule: str = ""):
         self.setting, self.value, self.rule = setting, value, rule
         super().__init__(self.message())
 
@@ -48,6 +66,8 @@ class SettingError(SLQError):
         return type(self), (self.setting, self.value, self.rule)
 
     def message(self, name_of=lambda setting: setting) -> str:
+        if self.value is NO_VALUE:  # a switch, or a setting whose value says nothing: "resume: ..."
+            return one_line(f"{name_of(self.setting)}: {self.rule}")
         plain = isinstance(self.value, str) and self.value and not any(c.isspace() for c in self.value)
         shown = self.value if plain else repr(self.value)
         return one_line(f"{name_of(self.setting)} {shown if len(shown) <= 80 else shown[:77] + '...'}: {self.rule}")

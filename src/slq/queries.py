@@ -166,3 +166,11 @@ def query_states(backbone: Backbone, batch: PrefixBatch, queries: torch.Tensor, 
 def pool(states: torch.Tensor) -> torch.Tensor:
     """Mean over the query positions, L2-normalised: (B, N_q, d) -> (B, d) in float32."""
     return F.normalize(states.float().mean(dim=1), dim=-1)
+
+
+def __getattr__(name: str):
+    if name == "PromptCache":  # slq 0.1 kept it here
+        from ._compat import moved_name
+
+        return moved_name(__name__, name, "slq.prompt_cache")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

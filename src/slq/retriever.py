@@ -16,14 +16,7 @@ from .data import ImageRecord
 from .encoder import Encoder, ImageInput
 from .errors import AdapterError
 from .prompt_cache import PromptCache
-from .queries import (
-    LatentQueries,
-    PromptBatch,
-    pool,
-    queries_on_prompts,
-    query_states,
-    run_prompts,
-)
+from .queries import LatentQueries, PromptBatch, pool, queries_on_prompts, query_states, run_prompts
 
 
 class SLQRetriever(Encoder):

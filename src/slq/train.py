@@ -277,7 +277,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     start = 0
     if resume:
         if checkpoint is None or not (checkpoint / "state.json").is_file():
-            raise SettingError("resume", True, f"no checkpoint to resume from in {checkpoint_dir}")
+            raise SettingError("resume", rule=f"no checkpoint to resume from in {checkpoint_dir}")
         start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result, run)
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=(None if progress is None else not progress) if rank == 0 else True)

@@ -78,12 +78,25 @@ def test_python_dash_m_slq_is_the_command():
 def test_old_module_paths_import_with_a_warning():
     import importlib
 
+    import slq.evaluation.compare
+    import slq.evaluation.report
+    import slq.evaluation.retrieval
+
     sys.modules.pop("slq.compare", None)
     with pytest.warns(DeprecationWarning, match="slq.compare moved to slq.evaluation.compare"):
         old = importlib.import_module("slq.compare")
-    import slq.evaluation.compare
+    assert old.compare is slq.evaluation.compare.compare
+    assert old.format_comparison is slq.evaluation.report.format_comparison  # split in two: both halves there
+    sys.modules.pop("slq.evaluate", None)
+    with pytest.warns(DeprecationWarning):
+        assert importlib.import_module("slq.evaluate") is slq.evaluation.retrieval
+    with pytest.warns(DeprecationWarning, match="slq.queries.PromptCache moved to slq.prompt_cache"):
+        from slq.queries import PromptCache
+    from slq.prompt_cache import PromptCache as new_home
 
-    assert old is slq.evaluation.compare and old.compare is slq.evaluation.compare.compare
+    assert PromptCache is new_home
+    with pytest.warns(DeprecationWarning, match="slq.data.atomic_write moved to slq._io"):
+        from slq.data import atomic_write  # noqa: F401
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -9,15 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from slq.data import (
-    ImageRecord,
-    ImageTextDataset,
-    load_dataset,
-    load_image,
-    load_jsonl,
-    load_karpathy,
-    write_jsonl,
-)
+from slq.data import (ImageRecord, ImageTextDataset, load_dataset, load_image, load_jsonl, load_karpathy,
+                      write_dataset_info, write_jsonl)
 from slq.errors import DataError, SLQError
 
 
@@ -464,3 +457,8 @@ def test_a_dataset_names_its_two_directions(tmp_path):
     assert load_dataset(tmp_path / "pairs.jsonl", directions=("d2w", "w2d")).directions == ("d2w", "w2d")
     with pytest.raises(SLQError, match="two different non-empty names"):
         load_jsonl(tmp_path / "pairs.jsonl", directions=("d2w", "d2w"))
+    write_dataset_info(tmp_path, ("c2t", "t2c"))  # the folder names them for every file in it
+    assert load_jsonl(tmp_path / "pairs.jsonl").directions == ("c2t", "t2c")
+    (tmp_path / "slq-dataset.json").write_text('{"directions": "c2t"}')
+    with pytest.raises(DataError, match="slq-dataset.json: .directions. must list two names"):
+        load_jsonl(tmp_path / "pairs.jsonl")

@@ -10,24 +10,9 @@ import numpy as np
 import pytest
 
 from slq.data import load_image, load_jsonl
-from slq.data.shapes import (
-    COLOUR_CLUES,
-    COLOUR_RGB,
-    COLOURS,
-    SHAPE_CLUES,
-    SHAPES,
-    SIZES,
-    SPLITS,
-    ShapeObject,
-    captions_for,
-    generate_split,
-    held_out_combos,
-    knowledge_captions,
-    knowledge_corpus,
-    record_objects,
-    render,
-    write_world,
-)
+from slq.data.shapes import (COLOUR_CLUES, COLOUR_RGB, COLOURS, SHAPE_CLUES, SHAPES, SIZES, SPLITS, ShapeObject,
+                             captions_for, generate_split, held_out_combos, knowledge_captions, knowledge_corpus,
+                             record_objects, render, write_world)
 from slq.errors import SLQError
 
 SEED = 7

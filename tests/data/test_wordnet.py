@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slq.data.wordnet import (
-    DEFAULT_WORDNET_DIR,
-    WordDefinition,
-    mentions,
-    reverse_dictionary,
-    split_pairs,
-    write_wordnet,
-)
+from slq.data.wordnet import (DEFAULT_WORDNET_DIR, WordDefinition, mentions, reverse_dictionary, split_pairs,
+                              write_wordnet)
 from slq.errors import DataError, SLQError
 from wordnet_fixture import EXPECTED, HEADER, write_fixture
 
@@ -82,12 +76,12 @@ def test_mentions(word, definition, leaks):
 
 def test_split_disjoint_seeded_and_sized():
     pairs = synthetic_pairs(60)
-    train, val, test = split_pairs(pairs, n_train=40, n_test=15, seed=0)
+    train, val, test = split_pairs(pairs, n_train=40, n_test=15, n_val=0, seed=0)
     assert (len(train), len(val), len(test)) == (40, 0, 15)
     assert not {p.word for p in train} & {p.word for p in test}
-    assert split_pairs(pairs, n_train=40, n_test=15, seed=0) == (train, val, test)
-    assert split_pairs(pairs, n_train=40, n_test=15, seed=1)[2] != test
-    rest, _, test_again = split_pairs(pairs, n_train=None, n_test=15, seed=0)
+    assert split_pairs(pairs, n_train=40, n_test=15, n_val=0, seed=0) == (train, val, test)
+    assert split_pairs(pairs, n_train=40, n_test=15, n_val=0, seed=1)[2] != test
+    rest, _, test_again = split_pairs(pairs, n_train=None, n_test=15, n_val=0, seed=0)
     assert test_again == test and len(rest) == 45 and set(train) <= set(rest)
 
 
@@ -97,7 +91,7 @@ def test_split_validation_words_are_disjoint_and_leave_train_and_test_alone():
     assert (len(train), len(val), len(test)) == (40, 5, 15)
     words = [{p.word for p in part} for part in (train, val, test)]
     assert not (words[0] & words[1] or words[1] & words[2] or words[0] & words[2])
-    assert (train, test) == split_pairs(pairs, n_train=40, n_test=15, seed=0)[::2]
+    assert (train, test) == split_pairs(pairs, n_train=40, n_test=15, n_val=0, seed=0)[::2]
     rest, val_rest, test_rest = split_pairs(pairs, n_train=None, n_test=15, n_val=5, seed=0)
     assert test_rest == test and len(rest) == 40 and len(val_rest) == 5 and not {p.word for p in rest} & {
         p.word for p in val_rest}
@@ -105,11 +99,11 @@ def test_split_validation_words_are_disjoint_and_leave_train_and_test_alone():
 
 def test_split_not_enough_pairs_names_the_numbers():
     with pytest.raises(SLQError, match=r"40 train \+ 0 val \+ 25 test = 65 pairs, but only 60"):
-        split_pairs(synthetic_pairs(60), n_train=40, n_test=25, seed=0)
+        split_pairs(synthetic_pairs(60), n_train=40, n_test=25, n_val=0, seed=0)
     with pytest.raises(SLQError, match=r"40 train \+ 10 val \+ 15 test = 65 pairs, but only 60"):
         split_pairs(synthetic_pairs(60), n_train=40, n_test=15, n_val=10, seed=0)
-    with pytest.raises(SLQError, match="n_train=-1, n_val=0, n_test=5"):
-        split_pairs(synthetic_pairs(60), n_train=-1, n_test=5, seed=0)
+    with pytest.raises(SLQError, match="^n_train -1: must be an integer >= 0"):
+        split_pairs(synthetic_pairs(60), n_train=-1, n_test=5, n_val=0, seed=0)
 
 
 def test_write_wordnet_jsonl(tmp_path):

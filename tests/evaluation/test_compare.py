@@ -13,16 +13,8 @@ from slq.backbone import Backbone
 from slq.baselines import PooledEncoder
 from slq.data import load_jsonl
 from slq.errors import SLQError
-from slq.evaluation.compare import (
-    METHODS,
-    Method,
-    MethodsFailed,
-    baseline_config_for,
-    build_encoder,
-    compare,
-    random_twin,
-    standard_methods,
-)
+from slq.evaluation.compare import (METHODS, Method, MethodsFailed, baseline_config_for, build_encoder, compare,
+                                    random_twin, standard_methods)
 from slq.evaluation.report import format_comparison
 from slq.evaluation.retrieval import RetrievalEvaluator, evaluate
 from slq.recipes.demo import DEMO_METHODS, run_demo
@@ -62,12 +54,15 @@ def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_
     methods = standard_methods(["zero_shot_mean", "slq"], TrainConfig(num_queries=4, batch_size=8, epochs=1))
     report = compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data), RetrievalEvaluator(val, "validation")],
                      progress=False)
-    assert set(report["validation"]) == {"zero_shot_mean", "slq"} and report["datasets"]["validation"] == val.name
+    validation = report["evaluations"]["validation"]
+    assert set(validation["methods"]) == {"zero_shot_mean", "slq"} and validation["dataset"] == val.name
     assert all("evaluations" not in row for row in report["methods"].values())
     expected = evaluate(PooledEncoder(Backbone.load(tiny_dirs["llava"]), "mean", one_word_prompt=False), val)
-    assert report["validation"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"]}
+    assert validation["methods"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"]}
     assert "validation" in format_comparison(report)
-    assert "validation" not in compare(tiny_dirs["llava"], data, methods[:1], [RetrievalEvaluator(data)],
+    with pytest.raises(SLQError, match="each evaluator needs a name of its own"):
+        compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data), RetrievalEvaluator(val)])
+    assert "evaluations" not in compare(tiny_dirs["llava"], data, methods[:1], [RetrievalEvaluator(data)],
                                        progress=False)
 
 
@@ -153,4 +148,4 @@ def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shap
     proc = slq(*common, "--val", val, "--report", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert "validation (val), R@1: zero_shot_mean" in proc.stdout, proc.stdout
-    assert set(report["validation"]["zero_shot_mean"]) == {"t2i", "i2t"}
+    assert set(report["evaluations"]["validation"]["methods"]["zero_shot_mean"]) == {"t2i", "i2t"}

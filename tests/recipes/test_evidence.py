@@ -10,12 +10,7 @@ import pytest
 
 from helpers import slq
 from slq.errors import SLQError
-from slq.recipes.evidence import (
-    EVIDENCE_METHODS,
-    EvidenceConfig,
-    gemma_gguf,
-    run_evidence,
-)
+from slq.recipes.evidence import EVIDENCE_METHODS, EvidenceConfig, gemma_gguf, run_evidence
 from wordnet_fixture import write_fixture
 
 pytestmark = pytest.mark.slow
@@ -35,8 +30,9 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
     assert report["methods"]["slq"]["trainable_params"] == 2 * 32
     assert report["methods"]["lora"]["trainable_params"] > report["methods"]["slq"]["trainable_params"]
     assert (report["wordnet"]["train"], report["wordnet"]["val"], report["wordnet"]["test"]) == (2, 1, 2)
-    assert set(report["validation"]) == set(EVIDENCE_METHODS)
-    assert all(set(v) == {"d2w", "w2d"} for v in report["validation"].values())
+    validation = report["evaluations"]["validation"]["methods"]
+    assert set(validation) == set(EVIDENCE_METHODS) and report["directions"] == ["d2w", "w2d"]
+    assert all(set(v) == {"d2w", "w2d"} for v in validation.values())
     assert (out / "recall.png").read_bytes()[:4] == b"\x89PNG"
     assert "d2w R@1" in proc.stdout and "peak MB" in (out / "table.txt").read_text()
     test_words = [json.loads(line)["text"] for line in (out / "wordnet" / "test.jsonl").read_text().splitlines()]
@@ -64,11 +60,20 @@ def test_a_rerun_keeps_finished_rows_and_reruns_the_rest(tiny_dirs, tmp_path):
     assert other["methods"]["zero_shot_mean"]["d2w"]["R@1"] != 0.123
 
 
-def test_the_wordnet_dataset_names_its_directions(tmp_path):
-    from slq.data.wordnet import load_wordnet_split, write_wordnet
+def test_the_wordnet_dataset_names_its_directions(tmp_path, tiny_dirs):
+    """Whoever loads the pairs, by the library or `slq eval`, gets d2w / w2d: no renaming afterwards."""
+    from slq.data import load_dataset
+    from slq.data.wordnet import write_wordnet
 
     write_wordnet(tmp_path / "pairs", write_fixture(tmp_path / "wordnet"), n_train=2, n_val=0, n_test=2)
-    assert load_wordnet_split(tmp_path / "pairs" / "test.jsonl").directions == ("d2w", "w2d")
+    assert load_dataset(tmp_path / "pairs" / "test.jsonl").directions == ("d2w", "w2d")
+    adapter = tmp_path / "adapter"
+    slq("train", "--backbone", tiny_dirs["gemma3_text"], "--train", tmp_path / "pairs" / "train.jsonl", "--out", adapter,
+        "--num-queries", 2, "--batch-size", 2)
+    proc = slq("eval", "--backbone", tiny_dirs["gemma3_text"], "--adapter", adapter, "--data",
+               tmp_path / "pairs" / "test.jsonl", "--report", tmp_path / "report.json")
+    assert "d2w" in proc.stdout and "w2d" in proc.stdout
+    assert {"d2w", "w2d"} <= set(json.loads((tmp_path / "report.json").read_text()))
 
 
 def test_missing_gemma_package_says_how_to_install(monkeypatch):

@@ -13,21 +13,9 @@ from safetensors.torch import load_file
 
 from slq.data.shapes import held_out_combos, write_world
 from slq.errors import SLQError
-from slq.recipes.pretrain import (
-    IGNORE,
-    Collator,
-    Example,
-    GenerativeData,
-    PretrainConfig,
-    build_initial_model,
-    caption_attribute_accuracy,
-    listing,
-    mixture_at,
-    pretrain,
-    score_caption,
-    vision_feature_health,
-    vqa_pairs,
-)
+from slq.recipes.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainConfig, build_initial_model,
+                                  caption_attribute_accuracy, listing, mixture_at, pretrain, score_caption,
+                                  vision_feature_health, vqa_pairs)
 from slq.recipes.pretrain.loop import _load_images, _load_world_text
 
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1,

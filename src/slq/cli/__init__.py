@@ -19,7 +19,7 @@ import logging
 import sys
 
 from .._version import __version__
-from ..errors import EXIT_USAGE, SettingError, SLQError
+from ..errors import EXIT_USAGE, SLQError
 from . import compare, data, encode, recipes, tiny, train
 from .options import flag_of
 
@@ -71,11 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbosity)
     try:
         args.func(args)
-    except SettingError as e:
-        print(f"slq: error: {e.message(flag_of)}", file=sys.stderr)
-        return EXIT_USAGE
     except SLQError as e:
-        print(f"slq: error: {e}", file=sys.stderr)
+        print(f"slq: error: {e.message(flag_of)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("slq: interrupted", file=sys.stderr)

@@ -6,15 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import SLQError
-from .options import (
-    add_config_options,
-    backbone_options,
-    config_from_args,
-    data_options,
-    load_data,
-    load_options,
-    positive_int,
-)
+from .options import (add_config_options, backbone_options, config_from_args, data_options, load_data, load_options,
+                      positive_int)
 
 
 def register(sub) -> None:
@@ -28,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--test-split", default=None, help="Karpathy files only: the split of --test (default: test)")
     p.add_argument("--val", type=Path, default=None,
                    help="validation data (Karpathy files: the val split): every method is also scored on it, "
-                        "under 'validation' in the report, so settings are chosen without the test data")
+                        "under evaluations.validation in the report, so settings are chosen without the test data")
     p.add_argument("--val-split", default=None, help="Karpathy files only: the split of --val (default: val)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
     add_config_options(p, TrainConfig, skip=("save_every",))

@@ -7,15 +7,8 @@ import io
 import logging
 from pathlib import Path
 
-from .options import (
-    backbone_options,
-    bad_record_option,
-    batch_option,
-    data_options,
-    load_data,
-    retriever,
-    write_json,
-)
+from .options import (backbone_options, bad_record_option, batch_option, data_options, load_data, retriever,
+                      write_json)
 
 logger = logging.getLogger("slq")
 

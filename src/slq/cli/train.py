@@ -7,14 +7,7 @@ import logging
 from pathlib import Path
 
 from ..errors import SLQError
-from .options import (
-    add_config_options,
-    backbone_options,
-    config_from_args,
-    data_options,
-    load_data,
-    retriever,
-)
+from .options import add_config_options, backbone_options, config_from_args, data_options, load_data, retriever
 
 logger = logging.getLogger("slq")
 

@@ -4,27 +4,22 @@
 `load_dataset(path)` is the entry point: it picks the format by the file's type.
 """
 
-from .formats import (
-                      KARPATHY_SPLITS,
-                      SPLIT_CHOICES,
-                      load_dataset,
-                      load_jsonl,
-                      load_karpathy,
-                      write_jsonl,
-)
+from .formats import (DATASET_INFO, KARPATHY_SPLITS, SPLIT_CHOICES, load_dataset, load_jsonl, load_karpathy,
+                      write_dataset_info, write_jsonl)
 from .images import IMAGE_SUFFIXES, load_image
-from .records import (
-                      BAD_RECORD_POLICIES,
-                      IMAGE_DIRECTIONS,
-                      ImageRecord,
-                      ImageTextDataset,
-                      Record,
-                      SkippedRecord,
-                      TextRecord,
-)
+from .records import (BAD_RECORD_POLICIES, IMAGE_DIRECTIONS, ImageRecord, ImageTextDataset, Record, SkippedRecord,
+                      TextRecord)
 
 __all__ = [
-    "BAD_RECORD_POLICIES", "IMAGE_DIRECTIONS", "IMAGE_SUFFIXES", "KARPATHY_SPLITS", "SPLIT_CHOICES", "ImageRecord",
-    "ImageTextDataset", "Record", "SkippedRecord", "TextRecord", "load_dataset", "load_image", "load_jsonl",
-    "load_karpathy", "write_jsonl",
+    "BAD_RECORD_POLICIES", "DATASET_INFO", "IMAGE_DIRECTIONS", "IMAGE_SUFFIXES", "KARPATHY_SPLITS", "SPLIT_CHOICES",
+    "ImageRecord", "ImageTextDataset", "Record", "SkippedRecord", "TextRecord", "load_dataset", "load_image",
+    "load_jsonl", "load_karpathy", "write_dataset_info", "write_jsonl",
 ]
+
+
+def __getattr__(name: str):
+    if name == "atomic_write":  # slq 0.1 kept it here
+        from .._compat import moved_name
+
+        return moved_name(__name__, name, "slq._io")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,15 +31,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write
 from ..errors import DataError
 from .images import image_problem
-from .records import (
-    Collector,
-    ImageRecord,
-    ImageTextDataset,
-    Record,
-    TextRecord,
-    error,
-    exc_reason,
-)
+from .records import Collector, ImageRecord, ImageTextDataset, Record, TextRecord, error, exc_reason
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 # "train+restval" is the usual training set of the Karpathy splits (113k COCO images).
@@ -48,6 +40,8 @@ SPLIT_CHOICES = KARPATHY_SPLITS + ("train+restval",)
 _JSON_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 # Fields of a JSONL record that slq reads; every other field is kept in the record's `meta`.
 _JSONL_FIELDS = ("image", "text", "captions")
+# Beside a dataset's JSONL files, what they share: {"directions": [caption->target, target->caption]}.
+DATASET_INFO = "slq-dataset.json"
 # Fields of a Karpathy entry that slq reads or that only restate the split; others go to `meta`.
 _KARPATHY_FIELDS = ("filepath", "filename", "sentences", "split")
 
@@ -150,8 +144,11 @@ def load_jsonl(
 ) -> ImageTextDataset:
     """Load our JSONL format. Syntax is checked for all lines before any image is opened, so a
     typo on the last line is reported before minutes of image checks. `directions` names the two
-    ways of retrieving (default "t2i", "i2t"; see `ImageTextDataset`)."""
+    ways of retrieving (see `ImageTextDataset`); by default the folder's `slq-dataset.json` names
+    them (`write_dataset_info`), else they are "t2i", "i2t"."""
     path = Path(path)
+    if directions is None:
+        directions = _directions_beside(path)
     collector = Collector(on_bad_record)
     base = _absolute(path).parent
     parsed = []
@@ -168,6 +165,28 @@ def load_jsonl(
     texts = [r for _, r in parsed if isinstance(r, TextRecord)]
     records = texts or _check_images(parsed, collector, check_images)
     return _finish(path, path.stem, records, collector, directions=directions)
+
+
+def write_dataset_info(folder: str | os.PathLike, directions: tuple[str, str]) -> Path:
+    """Name the directions of every JSONL dataset in `folder` (e.g. a reverse dictionary's "d2w",
+    "w2d"), so that whoever loads them gets reports keyed by those names."""
+    ImageTextDataset([], "check", directions=tuple(directions))  # refuses a bad pair with its reason
+    path = Path(folder) / DATASET_INFO
+    atomic_write(path, json.dumps({"directions": list(directions)}, indent=2) + "\n")
+    return path
+
+
+def _directions_beside(path: Path) -> tuple[str, str] | None:
+    info = _absolute(path).parent / DATASET_INFO
+    if not info.is_file():
+        return None
+    try:
+        directions = json.loads(_read_bytes(info))["directions"]
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise error(str(info), f'expected {{"directions": [two names]}}: {exc_reason(e)}') from None
+    if not (isinstance(directions, list) and len(directions) == 2):
+        raise error(str(info), f'"directions" must list two names, got {directions!r}')
+    return tuple(directions)
 
 
 def write_jsonl(

@@ -40,9 +40,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .._io import setting
-from ..errors import DataError, SLQError
-from .formats import load_jsonl, write_jsonl
-from .records import ImageTextDataset, TextRecord
+from ..errors import DataError, SettingError, SLQError
+from .formats import write_dataset_info, write_jsonl
+from .records import TextRecord
 
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
 DIRECTIONS = ("d2w", "w2d")  # definition (the caption) -> word (the target), and back
@@ -216,9 +216,10 @@ def reverse_dictionary(
 
 
 def split_pairs(
-    pairs: list[WordDefinition], *, n_train: int | None, n_test: int, seed: int, n_val: int = 0
+    pairs: list[WordDefinition], split: WordNetSplit | None = None, **settings
 ) -> tuple[list[WordDefinition], list[WordDefinition], list[WordDefinition]]:
     """A seeded random (train, val, test) split with no word in two of them; n_train=None takes the rest.
+    `settings` override fields of `split` (default `WordNetSplit()`).
 
     The shuffled words are cut in order: test, train, then val. So for one seed the test set does
     not depend on n_train or n_val, and a given n_train gives the same training words whatever
@@ -226,8 +227,11 @@ def split_pairs(
     words move when n_train changes. They are for choosing settings (a learning rate) without
     looking at the test words.
     """
-    if min(n_test, n_val, n_train or 0) < 0:
-        raise SLQError(f"n_train, n_val and n_test must be >= 0; got n_train={n_train}, n_val={n_val}, n_test={n_test}")
+    split = replace(split or WordNetSplit(), **settings)
+    n_train, n_val, n_test, seed = split.n_train, split.n_val, split.n_test, split.seed
+    for name, value in (("n_train", n_train or 0), ("n_val", n_val), ("n_test", n_test)):
+        if not (isinstance(value, int) and value >= 0):
+            raise SettingError(name, value, "must be an integer >= 0")
     words = [p.word for p in pairs]
     assert len(set(words)) == len(words), "pairs must have distinct words"
     wanted = n_test + n_val + (n_train or 0)
@@ -237,6 +241,7 @@ def split_pairs(
             "are available; lower n_train, n_val or n_test"
         )
     shuffled = list(pairs)
+    # random.Random(seed), not slq._io.seeded_random: the same words as every earlier split of this seed
     random.Random(seed).shuffle(shuffled)
     test = shuffled[:n_test]
     train_end = len(shuffled) - n_val if n_train is None else n_test + n_train
@@ -251,16 +256,11 @@ def _records(pairs: list[WordDefinition]) -> list[TextRecord]:
 class WordNetSplit:
     """How many words each split of the reverse dictionary gets, and the seed of the split."""
 
-    n_train: int | None = setting(4000, "training words (None: all words not in test or val)")
+    n_train: int | None = setting(4000, "training words (from Python, None takes every word not in test or val)")
     n_val: int = setting(500, "validation words, for choosing settings without the test words; 0 writes no "
                               "val.jsonl")
     n_test: int = setting(500, "held-out test words")
     seed: int = setting(0, "seed of the word split")
-
-
-def load_wordnet_split(path: str | os.PathLike) -> ImageTextDataset:
-    """A split written by `write_wordnet`, its directions named definition→word and word→definition."""
-    return load_jsonl(path, directions=DIRECTIONS)
 
 
 def write_wordnet(
@@ -270,17 +270,18 @@ def write_wordnet(
     **settings,
 ) -> dict:
     """Write train.jsonl and test.jsonl (and val.jsonl when n_val > 0; a val.jsonl left from an earlier
-    call is removed otherwise), one {"text": word, "captions": [definition]} a line.
+    call is removed otherwise), one {"text": word, "captions": [definition]} a line, and
+    slq-dataset.json, which names the directions d2w (definition → word) and w2d.
 
     The word is the retrieval target and the definition its query. `settings` override fields of
     `split` (default `WordNetSplit()`). Files are written atomically, so a crash never leaves a half
     file. Returns a summary for logs and model cards.
     """
     split = replace(split or WordNetSplit(), **settings)
-    n_train, n_val, n_test, seed = split.n_train, split.n_val, split.n_test, split.seed
+    n_val, seed = split.n_val, split.seed
     wordnet_dir = DEFAULT_WORDNET_DIR if wordnet_dir is None else wordnet_dir
     pairs = reverse_dictionary(wordnet_dir)
-    train, val, test = split_pairs(pairs, n_train=n_train, n_test=n_test, n_val=n_val, seed=seed)
+    train, val, test = split_pairs(pairs, split)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +292,7 @@ def write_wordnet(
                      "wordnet_dir": str(Path(wordnet_dir))}
     if not n_val:
         (out / "val.jsonl").unlink(missing_ok=True)  # never leave another split's words to be picked up
+    write_dataset_info(out, DIRECTIONS)  # reports on these files say d2w / w2d
     for name, part in splits.items():
         write_jsonl(_records(part), out / f"{name}.jsonl")
         summary[f"{name}_path"] = str(out / f"{name}.jsonl")

@@ -147,7 +147,7 @@ def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset,
     """One row: build the method's encoder, train it if it trains, run every evaluator.
 
     The row holds the primary (first) evaluator's results at its top level and the others' under
-    `"evaluations"`, by evaluator name.
+    `"evaluations"`, by evaluator name; so does the report (`report["evaluations"][name]["methods"]`).
     """
     encoder = build_encoder(method, backbone_dir, **load)
     seconds = 0.0
@@ -187,7 +187,10 @@ class MethodsFailed(SLQError):
 
     def __init__(self, failures: dict[str, BaseException]):
         self.failures = failures
-        super().__init__("; ".join(f"method {name} failed: {error}" for name, error in failures.items()))
+        super().__init__(self.message())
+
+    def message(self, name_of=lambda setting: setting) -> str:
+        return "; ".join(f"method {name} failed: {error.message(name_of)}" for name, error in self.failures.items())
 
 
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, methods: Sequence[Method],
@@ -210,6 +213,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise SettingError("methods", names, "each method needs a name of its own")
+    if len({ev.name for ev in evaluators}) != len(evaluators):
+        raise SettingError("evaluators", [ev.name for ev in evaluators], "each evaluator needs a name of its own")
     if jobs < 1 or (jobs > 1 and not isolate):
         raise SettingError("jobs", jobs, f"must be 1, or more with isolate (isolate={isolate})")
     backbone_dir = Path(backbone_dir)
@@ -274,8 +279,8 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
         "method_settings": {m.name: {"encoder": m.encoder, "random_init": m.random_init,
                                      "train": asdict(m.train) if m.train else None} for m in methods},
     }
-    for ev in others:
-        report[ev.name] = {m.name: rows[m.name]["evaluations"][ev.name] for m in methods
-                           if ev.name in rows[m.name].get("evaluations", {})}
-        report.setdefault("datasets", {})[ev.name] = ev.dataset.name
+    if others:  # nested, so no evaluator's name can clash with the report's own keys
+        report["evaluations"] = {ev.name: {"dataset": ev.dataset.name, "methods": {
+            m.name: rows[m.name]["evaluations"][ev.name] for m in methods
+            if ev.name in rows[m.name].get("evaluations", {})}} for ev in others}
     return report

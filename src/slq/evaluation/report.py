@@ -28,10 +28,10 @@ def format_comparison(report: dict) -> str:
                      + (f"{m['peak_memory_mb']:>9.0f}" if memory else ""))
     if report.get("chance_R@1") is not None:
         lines.append(f"chance R@1: {100 * report['chance_R@1']:.1f}  (test: {report['test']})")
-    for name, dataset in report.get("datasets", {}).items():
-        lines.append(f"{name} ({dataset}), R@1: " + "; ".join(
+    for name, evaluation in report.get("evaluations", {}).items():
+        lines.append(f"{name} ({evaluation['dataset']}), R@1: " + "; ".join(
             f"{method} {forward} {100 * v[forward]['R@1']:.1f} {backward} {100 * v[backward]['R@1']:.1f}"
-            for method, v in report[name].items()))
+            for method, v in evaluation["methods"].items()))
     return "\n".join(lines)
 
 

@@ -23,14 +23,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._io import atomic_write, cache_root, require_positive_ints, setting
-from ..data.wordnet import DEFAULT_WORDNET_DIR, load_wordnet_split, write_wordnet
+from ..data import load_jsonl
+from ..data.wordnet import DEFAULT_WORDNET_DIR, write_wordnet
 from ..errors import SettingError, SLQError
-from ..evaluation.compare import (
-    baseline_config_for,
-    compare,
-    standard_methods,
-    threads_per_method,
-)
+from ..evaluation.compare import baseline_config_for, compare, standard_methods, threads_per_method
 from ..evaluation.report import save_comparison
 from ..evaluation.retrieval import RetrievalEvaluator
 from ..gguf import convert_gguf
@@ -57,8 +53,8 @@ class EvidenceConfig:
     epochs: int = setting(3, "SLQ epochs (186 steps; about 15 minutes of training on 2 CPU cores)")
     batch_size: int = setting(64, "pairs per step")
     lr: float = setting(2e-2, "SLQ's learning rate, chosen on the validation words")
-    baseline_lr: float | None = setting(2e-4, "LoRA's learning rate (None: lr / 10)")
-    baseline_epochs: int | None = setting(1, "LoRA's epochs (None: as many as SLQ's)")
+    baseline_lr: float | None = setting(2e-4, "LoRA's learning rate (from Python, None: lr / 10)")
+    baseline_epochs: int | None = setting(1, "LoRA's epochs (from Python, None: as many as SLQ's)")
     eval_batch_size: int = setting(64, "items per forward pass when evaluating")
     prompt_cache_mb: float = setting(8000, "RAM for SLQ's prompt keys/values reused across epochs (about 3.5 GB "
                                            "for Gemma)")
@@ -115,11 +111,11 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                 config.n_train, config.n_val, config.n_test)
     data = write_wordnet(out / "wordnet", wordnet_dir or DEFAULT_WORDNET_DIR, n_train=config.n_train,
                          n_test=config.n_test, n_val=config.n_val, seed=config.seed)
-    train_data = load_wordnet_split(out / "wordnet" / "train.jsonl")
-    evaluators = [RetrievalEvaluator(load_wordnet_split(out / "wordnet" / "test.jsonl"),
+    train_data = load_jsonl(out / "wordnet" / "train.jsonl")
+    evaluators = [RetrievalEvaluator(load_jsonl(out / "wordnet" / "test.jsonl"),
                                      batch_size=config.eval_batch_size)]
     if config.n_val:
-        evaluators.append(RetrievalEvaluator(load_wordnet_split(out / "wordnet" / "val.jsonl"), "validation",
+        evaluators.append(RetrievalEvaluator(load_jsonl(out / "wordnet" / "val.jsonl"), "validation",
                                              batch_size=config.eval_batch_size))
     logger.info("[2/3] backbone: %s", "Gemma 3 270M (GGUF, converted once to a cached folder)" if backbone is None
                 else backbone)

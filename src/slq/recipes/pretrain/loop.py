@@ -26,14 +26,7 @@ from ...data.shapes import held_out_combos
 from ...errors import SLQError
 from ...tiny import build_tiny_model
 from ...train import load_optimizer_tensors, optimizer_tensors
-from .config import (
-    MODEL_OVERRIDES,
-    VOCAB_SIZE,
-    PretrainConfig,
-    _stage_at,
-    image_processor_overrides,
-    mixture_at,
-)
+from .config import MODEL_OVERRIDES, VOCAB_SIZE, PretrainConfig, _stage_at, image_processor_overrides, mixture_at
 from .tasks import Collator, GenerativeData, _rng, vqa_pairs
 
 logger = logging.getLogger("slq")
