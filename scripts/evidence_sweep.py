@@ -6,7 +6,7 @@ Trains SLQ on Gemma 3 270M exactly as `slq evidence` does (same words, seed and 
 and, at the end of every epoch, scores the validation words (never the test words), appending one
 JSON line per epoch to --log. Mid-run epochs are read under the run's own learning-rate schedule
 (linear decay to 0 at the last epoch), so epoch 3 of a 5-epoch run is not a 3-epoch run. The
-README's "Evidence" section lists what this gave. Needs the [evidence] extra and wordnet-base.
+docs/evidence.md lists what this gave. Needs the [evidence] extra and wordnet-base.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("runs/evidence-sweep/wordnet"), help="where the pairs go")
     p.add_argument("--log", type=Path, required=True, help="JSON lines: one per epoch")
     args = p.parse_args(argv)
+    from slq.cli import setup_logging
+
+    setup_logging(0)  # slq's progress lines on stderr, as the slq command shows them
     if args.n_val < 1:
         p.error("--n-val must be at least 1: the sweep scores the validation words")
     if args.threads:

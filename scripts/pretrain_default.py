@@ -3,7 +3,7 @@
     python scripts/pretrain_default.py --out src/slq/assets/slq-tiny-vl
 
 Writes the shapes world (seeded) into a work folder, builds the randomly initialised model with a
-tokenizer trained on the world's texts, pretrains it generatively (`slq.pretrain`), scores its
+tokenizer trained on the world's texts, pretrains it generatively (`slq.recipes.pretrain`), scores its
 captions on the test split and, unless --no-compare, runs `slq demo` on it (what SLQ elicits,
 against zero-shot pooling and a random twin); the numbers go into the folder's README.md model card.
 Deterministic under --seed; a killed run resumes from its work folder.
@@ -48,6 +48,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from slq.cli import setup_logging
+
+    setup_logging(0)  # slq's progress lines on stderr, as the slq command shows them
     import torch
 
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
         --device cuda --jobs 6
 
 The variants file maps a name to `PretrainConfig` overrides; `scripts/pretrain_sweep_variants.json`
-holds the recipes of the README's table ({} is the current default).
+holds the recipes of docs/slq-tiny-vl.md's table ({} is the current default).
 
 Each (variant, seed) pretrains in a process of its own (`--jobs` at a time), then trains SLQ with
 the demo's settings on the world's first 2,000 training images and scores it on 200 *validation*
@@ -75,6 +75,9 @@ def run_one(args, name: str, seed: int, overrides: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from slq.cli import setup_logging
+
+    setup_logging(0)  # slq's progress lines on stderr, as the slq command shows them
     if args.one:
         name, seed, overrides = args.one
         print(json.dumps(run_one(args, name, int(seed), json.loads(overrides))), flush=True)

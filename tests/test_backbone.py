@@ -104,3 +104,24 @@ def test_bos_is_prepended_where_the_tokenizer_would_add_it(tiny_dirs, tmp_path):
     real = ids[0][ids[0] != with_bos.tokenizer.pad_token_id]
     assert real[0] == bos_id and (real == bos_id).sum() == 1
     assert with_bos.image_batch([Image.new("RGB", (32, 32))]).input_ids[0, 0] == bos_id
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "internvl", "idefics3", "llava", "gemma3_text"])
+def test_forward_is_the_models_own_call_on_the_prompt(backbones, family):
+    """Backbone.forward, the one call of the model, gives what a hand-written call of the same model
+    gives: hidden states, the LM head's logits for generation, and every layer's keys/values."""
+    backbone = backbones[family]
+    batch = backbone.text_batch(["a red circle", "two blue squares on the left"]) if backbone.text_only else \
+        backbone.image_batch([Image.new("RGB", (60, 60), (200, 10, 10)), Image.new("RGB", (90, 40), (0, 10, 200))])
+    positions = backbone.family.position_ids(backbone.model, batch.input_ids, batch.attention_mask, batch.model_inputs)
+    by_hand = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+                   **batch.model_inputs, **backbone.family.extra_inputs(backbone.config, batch.input_ids))
+    with torch.no_grad():
+        hidden = backbone.model.model(**by_hand).last_hidden_state  # (B, L, d)
+        logits = backbone.model(**by_hand, logits_to_keep=1).logits  # (B, 1, V)
+        out = backbone.forward(batch, keep_keys_values=True)
+        generated = backbone.forward(batch, logits_to_keep=1)
+    assert torch.allclose(out.hidden, hidden, atol=1e-6) and torch.allclose(generated.logits, logits, atol=1e-6)
+    layers = backbone.config.get_text_config().num_hidden_layers
+    assert len(out.keys_values) == layers and out.keys_values[0][0].shape[-2] == batch.input_ids.shape[1]
+    assert out.appended_positions is None and generated.hidden is None

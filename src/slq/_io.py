@@ -97,8 +97,8 @@ def seeded_generator(namespace: str, *parts: object):
 
 def setting(default=None, help: str = "", *, factory=None, **metadata):
     """A config dataclass field whose help text lives beside its default: the CLI builds its flag
-    from both (`slq.cli.options`), so neither is written twice. `metadata` may hold `choices`,
-    `flag` (another flag name) or `cli=False` (no flag)."""
+    from both (`slq.cli.options`), so neither is written twice. `metadata` may hold `choices` or
+    `cli=False` (no flag)."""
     from dataclasses import field
 
     if factory is not None:

@@ -86,7 +86,8 @@ def model_kwargs(model, family: Family, input_ids: torch.Tensor, attention_mask:
                  model_inputs: dict[str, torch.Tensor], positions: torch.Tensor | None = None) -> dict:
     """Keyword arguments of one call of `model` over `input_ids` (B, L): the mask, the positions (the
     family's: M-RoPE for Qwen-VL; `positions` when the caller has them already), the pixel inputs
-    and the family's extra inputs. Every call of a backbone's model is built here, training too."""
+    and the family's extra inputs. Every call of a model on prompts is built here (`Backbone.forward`,
+    pretraining's collator); `Backbone.forward_after` only continues prompts already run."""
     if positions is None:
         positions = family.position_ids(model, input_ids, attention_mask, model_inputs)
     return dict(attention_mask=attention_mask, position_ids=positions, **model_inputs,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone, PrefixBatch
-from .errors import SettingError, SLQError
+from .errors import SettingError
 
 
 class LatentQueries(nn.Module):
@@ -105,8 +105,8 @@ class PromptBatch:
         """One `PromptState` per prompt, padding dropped, copied to `device` (for keeping across epochs:
         the cache keeps prompts in CPU memory, so a GPU batch is copied there once, not cloned first)."""
         if len({k.shape for k in self.keys}) > 1:
-            raise SLQError("this model's layers keep keys of different shapes, which the prompt cache cannot "
-                           "stack; train without --prompt-cache-mb/--prompt-cache-disk-mb")
+            raise SettingError("prompt_cache_mb", rule="this model's layers keep keys of different shapes, which "
+                               "the prompt cache cannot stack; train without a prompt cache")
         keys, values = torch.stack(self.keys), torch.stack(self.values)  # (layers, B, kv, L, hd)
         prefix_len = keys.shape[-2]
         return [PromptState(*(t.to(device, copy=True) for t in (keys[:, row, :, prefix_len - real:],

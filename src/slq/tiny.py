@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ._io import save_folder
-from .errors import SLQError
+from .errors import SettingError, SLQError
 
 # Words enough for a byte-level BPE that tokenises captions in a few pieces, not byte by byte.
 _CORPUS = """a an the one two three four five small large big tiny red green blue yellow purple orange
@@ -280,7 +280,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
     recipe = RECIPES[family]
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SLQError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
+        raise SettingError("overwrite", rule=f"{out} exists and is not empty; choose a new folder or overwrite it")
     tokenizer = _train_tokenizer(recipe, vocab_size, corpus)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
     config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))

@@ -186,9 +186,9 @@ def test_missing_file_and_unknown_policy(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such file"):
         load_jsonl(tmp_path / "nope.jsonl")
     path = write_lines(tmp_path / "d.jsonl", [rec("a.png", "x")])
-    with pytest.raises(DataError, match="on_bad_record must be one of error, skip; got 'ignore'"):
+    with pytest.raises(SLQError, match="^on_bad_record ignore: must be one of error, skip"):
         load_jsonl(path, on_bad_record="ignore", check_images=False)
-    with pytest.raises(DataError, match="on_bad_record"):
+    with pytest.raises(SLQError, match="on_bad_record"):
         load_karpathy(path, on_bad_record="warn", check_images=False)
 
 

@@ -163,7 +163,7 @@ def test_missing_folder_or_file(tmp_path):
         reverse_dictionary(tmp_path / "nowhere")
     folder = write_fixture(tmp_path / "wn")
     (folder / "data.noun").unlink()
-    with pytest.raises(SLQError, match=r"data\.noun not found; install Debian's wordnet-base"):
+    with pytest.raises(SLQError, match=r"^wordnet_dir .*: data\.noun not found there; install Debian's wordnet-base"):
         reverse_dictionary(folder)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError, SLQError, one_line
+from ..errors import DataError, SettingError, SLQError, one_line
 
 BAD_RECORD_POLICIES = ("error", "skip")
 IMAGE_DIRECTIONS = ("t2i", "i2t")  # caption -> target, target -> caption
@@ -102,7 +102,7 @@ def exc_reason(exc: BaseException) -> str:
 def check_policy(on_bad_record: str) -> None:
     if on_bad_record not in BAD_RECORD_POLICIES:
         allowed = ", ".join(BAD_RECORD_POLICIES)
-        raise DataError(f"on_bad_record must be one of {allowed}; got {on_bad_record!r}")
+        raise SettingError("on_bad_record", on_bad_record, f"must be one of {allowed}")
 
 
 class Collector:

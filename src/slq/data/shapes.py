@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .._io import atomic_write, seeded_random, setting
-from ..errors import SLQError
+from ..errors import SettingError, SLQError
 
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -117,7 +117,7 @@ def _rng(seed: int, *parts: object) -> random.Random:
 
 def _check_image_size(image_size: int) -> None:
     if not isinstance(image_size, int) or image_size < _MIN_IMAGE_SIZE:
-        raise SLQError(f"image_size must be an integer >= {_MIN_IMAGE_SIZE}; got {image_size!r}")
+        raise SettingError("image_size", image_size, f"must be an integer >= {_MIN_IMAGE_SIZE}")
 
 
 def _cell(obj: ShapeObject, image_size: int) -> tuple[int, int]:
@@ -496,7 +496,7 @@ def record_objects(record: dict[str, Any]) -> list[ShapeObject]:
 
 def _check_count(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
-        raise SLQError(f"{name} must be a positive integer; got {value!r}")
+        raise SettingError(name, value, "must be a positive integer")
 
 
 def _record(index: int, split: str, seed: int, image_size: int, held_out: frozenset) -> dict[str, Any]:

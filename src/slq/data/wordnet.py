@@ -46,7 +46,7 @@ from .records import TextRecord
 
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
 DIRECTIONS = ("d2w", "w2d")  # definition (the caption) -> word (the target), and back
-INSTALL_HINT = "install Debian's wordnet-base: apt-get install wordnet-base, or pass --wordnet-dir"
+INSTALL_HINT = "install Debian's wordnet-base (apt-get install wordnet-base) or point wordnet_dir at WordNet 3.0's files"
 
 _WORD = re.compile(r"[a-z]{3,}")
 _TOKEN = re.compile(r"[a-z]+")
@@ -86,11 +86,11 @@ class _Synset:
 def _noun_files(wordnet_dir: str | os.PathLike) -> tuple[Path, Path]:
     folder = Path(wordnet_dir)
     if not folder.is_dir():
-        raise SLQError(f"WordNet folder {folder} not found; {INSTALL_HINT}")
+        raise SettingError("wordnet_dir", str(folder), f"not found; {INSTALL_HINT}")
     paths = folder / "index.noun", folder / "data.noun"
     for path in paths:
         if not path.is_file():
-            raise SLQError(f"{path} not found; {INSTALL_HINT}")
+            raise SettingError("wordnet_dir", str(folder), f"{path.name} not found there; {INSTALL_HINT}")
     return paths
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from .._io import atomic_write
+
+logger = logging.getLogger("slq")
 
 DIRECTION_TITLES = {"t2i": "text → image", "i2t": "image → text",
                     "d2w": "definition → word", "w2d": "word → definition"}
@@ -36,8 +39,8 @@ def format_comparison(report: dict) -> str:
 
 
 def save_comparison(report: dict, out_dir: str | os.PathLike) -> str:
-    """Write `report.json`, `table.txt` and `recall.png` (if matplotlib is there) into `out_dir`;
-    returns the table."""
+    """Write `report.json`, `table.txt` and `recall.png` (if matplotlib is there; else a warning says
+    so) into `out_dir`; returns the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -46,7 +49,7 @@ def save_comparison(report: dict, out_dir: str | os.PathLike) -> str:
     try:
         plot_comparison(report, out / "recall.png")
     except ImportError:
-        table += "\n(matplotlib is not installed: no recall.png; pip install matplotlib)"
+        logger.warning("matplotlib is not installed: no recall.png (pip install matplotlib)")
     return table
 
 

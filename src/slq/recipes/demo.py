@@ -65,7 +65,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
     out = Path(out_dir)
     if backbone_dir is None and not (DEFAULT_BACKBONE / "config.json").is_file():
         raise SLQError(f"the default backbone is missing from {DEFAULT_BACKBONE}; reinstall slq, or pass "
-                       "--backbone DIR (or --backbone random)")
+                       "another backbone (a checkpoint folder, or \"random\")")
     out.mkdir(parents=True, exist_ok=True)
     logger.info("[1/3] writing the shapes world (%d train / %d test images) to %s", config.n_train, config.n_test,
                 out / "world")
@@ -94,5 +94,6 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
                      isolate=config.jobs > 1, jobs=config.jobs, on_row=done)
     report["backbone"] = str(backbone_dir)
     save_comparison(report, out)
-    logger.info("report: %s  plot: %s", out / "report.json", out / "recall.png")
+    logger.info("report: %s%s", out / "report.json", f"  plot: {out / 'recall.png'}" if (out / "recall.png").is_file()
+                else "")
     return report

