@@ -149,3 +149,17 @@ def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shap
     report = json.loads((tmp_path / "report.json").read_text())
     assert "validation (val), R@1: zero_shot_mean" in proc.stdout, proc.stdout
     assert set(report["evaluations"]["validation"]["methods"]["zero_shot_mean"]) == {"t2i", "i2t"}
+
+
+def test_an_isolated_method_reports_its_own_peak_memory_not_its_parents():
+    """A spawned child inherits its parent's ru_maxrss across exec; the peak must be the child's own."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from slq.evaluation.compare import peak_rss_mb
+
+    ballast = bytearray(600 * 2**20)  # a parent far larger than the child will be
+    ballast[:: 4096] = b"\1" * len(ballast[:: 4096])
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        child = pool.submit(peak_rss_mb).result()
+    assert child < 400 < peak_rss_mb(), (child, peak_rss_mb())

@@ -178,8 +178,25 @@ def _run_isolated(threads: int, *args, **load) -> dict:
     """`run_method` in a fresh process (spawned by `compare`), adding that process's peak memory."""
     torch.set_num_threads(threads)
     row = run_method(*args, **load)
-    row["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    row["peak_memory_mb"] = peak_rss_mb()
     return row
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: a spawned process is forked from its parent before it
+    execs Python, and ru_maxrss keeps the fork's high-water mark, so a child of a 3 GB parent would
+    report at least 3 GB whatever it used itself.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux and BSD: KiB
 
 
 class MethodsFailed(SLQError):
