@@ -50,7 +50,7 @@ class EvidenceConfig:
                               "0 = none")
     seed: int = setting(0, "word split, query initialisation, batch order, random twin")
     num_queries: int = setting(8, "SLQ queries (short texts: 8 beat 20 on the validation words, at half the cost)")
-    epochs: int = setting(3, "SLQ epochs (186 steps; about 15 minutes of training on 2 CPU cores)")
+    epochs: int = setting(3, "SLQ epochs (186 steps; about 12 minutes of training on 2 CPU cores)")
     batch_size: int = setting(64, "pairs per step")
     lr: float = setting(2e-2, "SLQ's learning rate, chosen on the validation words")
     baseline_lr: float | None = setting(2e-4, "LoRA's learning rate (from Python, None: lr / 10)")
