@@ -110,6 +110,11 @@ class ShapeObject:
                 raise SLQError(f"ShapeObject {name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
+def plural(shape: str) -> str:
+    """A shape word's plural ("circle" -> "circles"), as captions and questions say it."""
+    return shape + "s"
+
+
 def _rng(seed: int, *parts: object) -> random.Random:
     """An independent stream for (seed, *parts), the same on every machine."""
     return seeded_random("slq-shapes", seed, *parts)

@@ -15,15 +15,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..backbone import PrefixBatch
-from ..data.shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES
+from ..data.shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES, plural
 
-
-def _plural(shape: str) -> str:
-    return shape + "s"
 
 
 _NUMBERS = {w: i for i, w in enumerate(NUMBER_WORDS)}
-_SHAPE_WORDS = {**{s: s for s in SHAPES}, **{_plural(s): s for s in SHAPES}}
+_SHAPE_WORDS = {**{s: s for s in SHAPES}, **{plural(s): s for s in SHAPES}}
 
 
 def score_caption(caption: str, objects: Sequence[dict]) -> dict[str, list[int]]:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..._io import seeded_random
 from ...backbone import model_kwargs
-from ...data.shapes import COLOURS, NUMBER_WORDS, SHAPES
+from ...data.shapes import COLOURS, NUMBER_WORDS, SHAPES, plural
 from ...errors import SettingError, SLQError
 from ...families import family_for
 from .config import TASKS
@@ -57,9 +57,6 @@ def _rng(*parts: object) -> random.Random:
     return seeded_random("slq-pretrain", *parts)
 
 
-def _plural(shape: str) -> str:
-    return shape + "s"
-
 
 def vqa_pairs(objects: Sequence[dict], held_out: frozenset, rng: random.Random) -> list[tuple[str, str]]:
     """Questions about one image with their short answers, built from its objects. Questions that
@@ -73,20 +70,20 @@ def vqa_pairs(objects: Sequence[dict], held_out: frozenset, rng: random.Random) 
         by_colour.setdefault(o["colour"], []).append(o)
         by_pair.setdefault((o["colour"], o["shape"]), []).append(o)
     for shape, group in by_shape.items():
-        pairs.append((f"how many {_plural(shape)} are there?", NUMBER_WORDS[len(group)]))
+        pairs.append((f"how many {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
         if len({o["colour"] for o in group}) == 1:
             pairs.append((f"what colour is the {shape}?", group[0]["colour"]))
     for colour, group in by_colour.items():
         if len({o["shape"] for o in group}) == 1:
             pairs.append((f"what shape is the {colour} object?", group[0]["shape"]))
     for (colour, shape), group in by_pair.items():
-        pairs.append((f"how many {colour} {_plural(shape)} are there?", NUMBER_WORDS[len(group)]))
+        pairs.append((f"how many {colour} {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
         if len(group) == 1:
             pairs += [(f"where is the {colour} {shape}?", group[0]["position"]),
                       (f"what size is the {colour} {shape}?", group[0]["size"])]
     absent = rng.choice(SHAPES)
     if absent not in by_shape:
-        pairs.append((f"how many {_plural(absent)} are there?", "zero"))
+        pairs.append((f"how many {plural(absent)} are there?", "zero"))
     colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
     if (colour, shape) not in held_out:
         pairs.append((f"is there a {colour} {shape}?", "yes" if (colour, shape) in by_pair else "no"))
