@@ -50,3 +50,17 @@ def test_a_setting_error_survives_pickling():
 
     error = pickle.loads(pickle.dumps(SettingError("batch_size", 64, "is larger than the training set")))
     assert (error.setting, error.value, str(error)) == ("batch_size", 64, "batch_size 64: is larger than the training set")
+
+
+def test_atomic_write_streams_from_a_writer_and_a_failing_one_leaves_the_old_file(tmp_path):
+    target = tmp_path / "big.bin"
+    atomic_write(target, lambda f: [f.write(bytes([i]) * 3) for i in range(4)])
+    assert target.read_bytes() == b"\x00\x00\x00\x01\x01\x01\x02\x02\x02\x03\x03\x03"
+
+    def broken(f):
+        f.write(b"half")
+        raise KeyError("source gone")
+
+    with pytest.raises(KeyError):
+        atomic_write(target, broken)
+    assert target.read_bytes()[:3] == b"\x00\x00\x00" and sorted(p.name for p in tmp_path.iterdir()) == ["big.bin"]

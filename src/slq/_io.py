@@ -14,15 +14,18 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import SLQError, one_line
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], object]) -> None:
     """Write a file so readers see the old content or the new, never a half-written file.
 
-    The temporary file sits in the target's folder because os.replace is atomic only within
-    one filesystem. It is created with mode 0o666 so the umask applies as for a plain open().
+    `data` may be a function that writes into the open file, for output too large to hold in
+    memory at once. The temporary file sits in the target's folder because os.replace is atomic
+    only within one filesystem. It is created with mode 0o666 so the umask applies as for a plain
+    open().
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -30,7 +33,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            if callable(payload):
+                payload(f)
+            else:
+                f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 from pathlib import Path
 
-from .options import (backbone_options, bad_record_option, batch_option, data_options, load_data, retriever,
-                      write_json)
+from .options import (backbone_options, bad_record_option, batch_option, data_options, load_data, positive_int,
+                      retriever, ties_option, write_json)
 
 logger = logging.getLogger("slq")
+
+EMBED_DESCRIPTION = """\
+Write the L2-normalised embeddings of texts or images to a .npy file, row i for item i.
+
+Items are embedded in pieces of --piece-size, each saved to OUT.parts/ when done. Run the same
+command again after a crash or kill and it resumes: finished pieces are kept, the rest embedded,
+then joined into OUT and the folder removed. A folder left by another corpus, adapter or piece
+size is started over, with a warning.
+
+Several processes share the pieces (gloo on the CPU, NCCL with --device cuda), with the same
+output as one process to float rounding, also across a resume with another process count:
+  torchrun --nproc-per-node 4 -m slq.cli embed ... --device cuda"""
 
 
 def register(sub) -> None:
@@ -19,10 +30,12 @@ def register(sub) -> None:
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
     data_options(p, "--data", "evaluation data", "test")
     batch_option(p)
+    ties_option(p)
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     p.set_defaults(func=run_eval)
 
-    p = sub.add_parser("embed", help="write L2-normalised embeddings of texts or images to a .npy file")
+    p = sub.add_parser("embed", help="write L2-normalised embeddings of texts or images to a .npy file",
+                       description=EMBED_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     backbone_options(p)
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
     source = p.add_mutually_exclusive_group(required=True)
@@ -31,6 +44,9 @@ def register(sub) -> None:
                         help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order; "
                              "its targets: images, or the texts of a text-pair dataset)")
     p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
+    p.add_argument("--piece-size", type=positive_int, default=1024, metavar="N",
+                   help="pieces of N items are written to OUT.parts/ as they finish, so a killed run resumes where it "
+                        "stopped (default: 1024)")
     bad_record_option(p)
     batch_option(p)
     p.set_defaults(func=run_embed)
@@ -41,7 +57,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from ..evaluation.retrieval import evaluate
 
     dataset = load_data(args, args.data, args.split, "test")
-    report = evaluate(retriever(args, args.adapter), dataset, batch_size=args.batch_size)
+    report = evaluate(retriever(args, args.adapter), dataset, batch_size=args.batch_size, ties=args.ties)
     print(format_recall_table(report, title=f"{dataset.name}: {args.adapter}", directions=dataset.directions))
     if args.report is not None:
         write_json(args.report, report)
@@ -49,19 +65,15 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from .._io import atomic_write
     from ..data.readers import list_targets, read_texts
+    from ..distributed import init_distributed
+    from ..embedding import embed_corpus
 
+    rank, args.device = init_distributed(args.device)
+    if rank != 0:  # every process reads the same corpus: process 0 speaks for all
+        logger.setLevel(logging.ERROR)
     items = read_texts(args.texts) if args.texts is not None else list_targets(args.images, args.on_bad_record)
-    encoder = retriever(args, args.adapter)
-    if args.texts is not None:
-        embeddings = encoder.encode_text(items, batch_size=args.batch_size, show_progress_bar=None)
-    else:
-        embeddings = encoder.encode_targets(items, batch_size=args.batch_size, show_progress_bar=None)
-    buffer = io.BytesIO()
-    np.save(buffer, embeddings.astype(np.float32))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, buffer.getvalue())
-    print(f"slq: {embeddings.shape[0]} embeddings of width {embeddings.shape[1]} written to {args.out}")
+    result = embed_corpus(retriever(args, args.adapter), items, args.out, kind="texts" if args.texts is not None else "targets",
+                          piece_size=args.piece_size, batch_size=args.batch_size)
+    if rank == 0:
+        print(f"slq: {result.rows} embeddings of width {result.width} written to {args.out}")
