@@ -105,3 +105,31 @@ def test_a_fine_tune_that_kept_the_embeddings_is_refused(saved, tiny_dirs, tmp_p
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(AdapterError, match="weights probe differs"):
         SLQRetriever.from_pretrained(folder, path)
+
+
+def test_image_fit_is_recorded_and_reloaded_with_the_adapter(tiny_dirs, tmp_path, shapes_jsonl):
+    square = SLQRetriever.from_pretrained(tiny_dirs["internvl"], num_queries=2, image_fit="square")
+    path = square.save(tmp_path / "square")
+    assert json.loads((path / CONFIG_NAME).read_text())["image_fit"] == "square"
+    assert "padded to a grey square" in (path / "README.md").read_text()
+    loaded = SLQRetriever.from_pretrained(tiny_dirs["internvl"], path)  # no image_fit: the adapter's
+    images = load_jsonl(shapes_jsonl).records[:3]
+    assert loaded.backbone.image_fit == "square"
+    assert np.array_equal(loaded.encode_image(images), square.encode_image(images))
+    with pytest.raises(AdapterError, match="trained with image_fit 'square', not 'processor'"):
+        SLQRetriever.from_pretrained(tiny_dirs["internvl"], path, image_fit="processor")
+
+
+def test_adapter_without_image_fit_loads_as_processor(saved, tiny_dirs, tmp_path):
+    _, path = saved
+    assert json.loads((path / CONFIG_NAME).read_text())["image_fit"] == "processor"
+    older = _copy(path, tmp_path)  # written before image_fit was recorded
+    config = json.loads((older / CONFIG_NAME).read_text())
+    del config["image_fit"]
+    (older / CONFIG_NAME).write_text(json.dumps(config))
+    assert load_adapter(older)[0].image_fit == "processor"
+    assert SLQRetriever.from_pretrained(tiny_dirs["qwen2_vl"], older).backbone.image_fit == "processor"
+    config["image_fit"] = "stretch"
+    (older / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match="image_fit 'stretch' is not supported"):
+        load_adapter(older)

@@ -11,7 +11,9 @@ from PIL import Image
 
 from slq.adapter import backbone_mismatch
 from slq.backbone import Backbone
-from slq.errors import SLQError
+from slq.data import PAD_GREY, pad_to_square
+from slq.errors import SettingError, SLQError
+from slq.tiny import TINY_FAMILIES, TINY_TEXT_FAMILIES
 
 
 def test_unsupported_model_type_names_what_is_supported(tmp_path):
@@ -125,3 +127,90 @@ def test_forward_is_the_models_own_call_on_the_prompt(backbones, family):
     layers = backbone.config.get_text_config().num_hidden_layers
     assert len(out.keys_values) == layers and out.keys_values[0][0].shape[-2] == batch.input_ids.shape[1]
     assert out.appended_positions is None and generated.hidden is None
+
+
+# --- image_fit ------------------------------------------------------------------------------------
+
+RED = (200, 30, 30)
+
+
+def _image_tokens(backbone: Backbone, input_ids: torch.Tensor) -> list[int]:
+    token = backbone.tokenizer.convert_tokens_to_ids(backbone.family.image_token(backbone.config, backbone.tokenizer))
+    return (input_ids == token).sum(1).tolist()
+
+
+def _tiling_internvl(tiny_dirs, tmp_path):
+    """The tiny InternVL with its processor tiling, as InternVL3's checkpoints ship it."""
+    folder = tmp_path / "internvl"
+    shutil.copytree(tiny_dirs["internvl"], folder)
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["crop_to_patches"] = True
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_square_fit_gives_internvl_one_tile_of_the_padded_image(tiny_dirs, tmp_path):
+    folder = _tiling_internvl(tiny_dirs, tmp_path)
+    processor, square = Backbone.load(folder), Backbone.load(folder, image_fit="square")
+    assert (processor.image_fit, square.image_fit) == ("processor", "square")
+    vision = square.config.vision_config
+    per_tile = int((vision.image_size[0] // vision.patch_size[0]) ** 2 * square.config.downsample_ratio ** 2)
+    wide = Image.new("RGB", (96, 24), RED)
+
+    batch = square.image_batch([wide])
+    assert _image_tokens(square, batch.input_ids) == [per_tile]
+    assert batch.model_inputs["pixel_values"].shape == (1, 3, *vision.image_size)
+    padded = square.image_batch([pad_to_square(wide)])
+    assert torch.equal(batch.input_ids, padded.input_ids)
+    assert torch.equal(batch.model_inputs["pixel_values"], padded.model_inputs["pixel_values"])
+
+    # "processor" is the checkpoint's processor, unchanged: the wide image as tiles plus a thumbnail.
+    raw = processor.image_processor(images=[wide], return_tensors="pt")
+    tiled = processor.image_batch([wide])
+    assert int(raw["num_patches"][0]) > 1
+    assert _image_tokens(processor, tiled.input_ids) == [per_tile * int(raw["num_patches"][0])]
+    assert torch.equal(tiled.model_inputs["pixel_values"], raw["pixel_values"])
+
+    # The tile's pixels: the red band centred, grey (127) above and below it.
+    mean, std = (torch.tensor(v)[:, None] for v in (square.image_processor.image_mean, square.image_processor.image_std))
+    pixels = batch.model_inputs["pixel_values"][0] * std[:, :, None] + mean[:, :, None]  # (3, 32, 32) in [0, 1]
+    grey, red = torch.tensor(PAD_GREY) / 255, torch.tensor(RED) / 255
+    for row in (0, 5, 26, 31):  # 96x24 on a 96x96 square: rows 36..59 red, so 12..19 of 32
+        assert torch.allclose(pixels[:, row, :], grey[:, None], atol=1e-5), row
+    for row in (15, 16):  # the band's middle (bicubic blurs its edges)
+        assert torch.allclose(pixels[:, row, :], red[:, None], atol=1e-5), row
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f not in TINY_TEXT_FAMILIES])
+def test_square_fit_feeds_every_family_the_padded_image(backbones, family):
+    loaded = backbones[family]
+    square = Backbone(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.family, loaded.path,
+                      image_fit="square")
+    images = [Image.new("RGB", (70, 30), RED), Image.new("RGB", (20, 50), (0, 10, 200))]
+    batch, padded = square.image_batch(images), square.image_batch([pad_to_square(im) for im in images])
+    assert torch.equal(batch.input_ids, padded.input_ids)
+    assert batch.model_inputs.keys() == padded.model_inputs.keys()
+    assert all(torch.equal(batch.model_inputs[k], padded.model_inputs[k]) for k in batch.model_inputs)
+    with torch.no_grad():
+        assert torch.isfinite(square.forward(batch).hidden).all()
+
+
+def test_square_fit_gives_idefics3_its_global_image_alone(backbones):
+    loaded = backbones["idefics3"]
+    square = Backbone(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.family, loaded.path,
+                      image_fit="square")
+    wide = Image.new("RGB", (96, 24), RED)
+    tiled, single = loaded.image_batch([wide]), square.image_batch([wide])
+    assert tiled.model_inputs["pixel_values"].shape[1] > 1, "the tiny processor splits a wide image"
+    assert single.model_inputs["pixel_values"].shape[1] == 1
+    assert _image_tokens(square, single.input_ids) == [_image_tokens(loaded, tiled.input_ids)[0]
+                                                        // tiled.model_inputs["pixel_values"].shape[1]]
+
+
+def test_unknown_image_fit_is_refused(tiny_dirs, backbones):
+    with pytest.raises(SettingError, match="image_fit crop: must be one of processor, square"):
+        Backbone.load(tiny_dirs["internvl"], image_fit="crop")
+    text = backbones["gemma3_text"]
+    with pytest.raises(SettingError, match="image_fit square: .* is a text-only backbone: it has no images to fit"):
+        Backbone(text.model, text.tokenizer, None, text.family, text.path, image_fit="square")
+

@@ -1,7 +1,8 @@
 """The adapter folder: everything SLQ learns, small enough to mail.
 
 Layout (PEFT-style):
-    adapter_config.json        AdapterConfig: query shape, pooling, temperature, backbone fingerprint
+    adapter_config.json        AdapterConfig: query shape, pooling, temperature, backbone fingerprint,
+                               how images were fitted to the backbone (`image_fit`)
     adapter_model.safetensors  one float32 tensor "queries" of shape (N_q, d)
     README.md                  a model card rendered from the config
 
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ._io import atomic_write
 from ._version import __version__
+from .backbone import IMAGE_FITS
 from .errors import AdapterError
 
 CONFIG_NAME = "adapter_config.json"
@@ -42,6 +44,7 @@ class AdapterConfig:
     backbone: dict  # Backbone.fingerprint() of the backbone it was trained on
     pooling: str = "mean"
     temperature: float = 0.07  # the learned temperature at the end of training
+    image_fit: str = "processor"  # Backbone.image_fit in training: images must reach the backbone the same way
     slq_version: str = __version__
     training: dict = field(default_factory=dict)  # settings and results of the run, for the record
 
@@ -58,6 +61,8 @@ class AdapterConfig:
             probe = self.backbone.get(name, [])
             if not (isinstance(probe, list) and all(_is_number(v) and _finite(v) for v in probe)):
                 raise AdapterError(f"backbone.{name} must be a list of finite numbers")
+        if self.image_fit not in IMAGE_FITS:
+            raise AdapterError(f"image_fit {str(self.image_fit)[:40]!r} is not supported; choose one of {IMAGE_FITS}")
         if not _positive_finite(self.temperature):
             raise AdapterError(f"temperature must be a positive finite number, got {str(self.temperature)[:40]}")
 
@@ -110,6 +115,8 @@ def _model_card(config: AdapterConfig) -> str:
         "trainable parameters",
         f"- pooling: {config.pooling} over the query positions, L2-normalised",
         f"- temperature (learned): {config.temperature:.4f}",
+        *([f"- images: padded to a grey square, one tile each (image_fit `{config.image_fit}`)"]
+          if config.image_fit == "square" else []),
         f"- slq version: {config.slq_version}",
         "",
         "```python",

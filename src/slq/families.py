@@ -11,6 +11,10 @@ call the base model with `inputs_embeds`. A family supplies only two things:
   M-RoPE, whose positions only the model's own `get_rope_index` knows. Getting these wrong silently
   changes the prefix's hidden states, so appended queries must continue exactly where the prefix
   stopped.
+
+A family whose processor tiles large images (InternVL, Idefics3) also names, in `one_tile_options`,
+the processor arguments that give each image as one tile at the processor's native size instead
+(`image_inputs(..., one_tile=True)`), as the SLQ paper's reference code feeds InternVL.
 """
 
 from __future__ import annotations
@@ -37,12 +41,22 @@ class Family:
 
     name: str = ""
     model_types: tuple[str, ...] = ()
+    # Image-processor arguments that make it give each image as one tile of its native size; empty
+    # for a family whose processor never tiles.
+    one_tile_options: dict = {}
 
     def image_token(self, config, tokenizer) -> str:
         return tokenizer.convert_ids_to_tokens(config.image_token_id)
 
-    def image_inputs(self, config, tokenizer, image_processor, images: Sequence[Image.Image]) -> ImageInputs:
+    def image_inputs(self, config, tokenizer, image_processor, images: Sequence[Image.Image], *,
+                     one_tile: bool = False) -> ImageInputs:
+        """Pixels and placeholder texts for `images`; `one_tile`: each image as one tile (no tiling)."""
         raise NotImplementedError
+
+    def _process(self, image_processor, images, one_tile: bool, **kwargs) -> dict:
+        """The image processor's output for `images`, as tensors; one tile each when `one_tile`."""
+        return image_processor(images=images, return_tensors="pt", **(self.one_tile_options if one_tile else {}),
+                               **kwargs)
 
     def extra_inputs(self, config, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model kwargs derived from the token ids (e.g. Qwen's multimodal token types)."""
@@ -66,7 +80,7 @@ class TextFamily(Family):
     def image_token(self, config, tokenizer) -> str:
         raise self._no_images(config)
 
-    def image_inputs(self, config, tokenizer, image_processor, images):
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
         raise self._no_images(config)
 
     @staticmethod
@@ -81,8 +95,8 @@ class QwenVLFamily(Family):
         self.name = name
         self.model_types = (name,)
 
-    def image_inputs(self, config, tokenizer, image_processor, images):
-        out = image_processor(images=list(images), return_tensors="pt")
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
+        out = self._process(image_processor, list(images), one_tile)
         merge = image_processor.merge_size
         token = self.image_token(config, tokenizer)
         counts = [int(thw.prod()) // (merge * merge) for thw in out["image_grid_thw"]]
@@ -105,13 +119,18 @@ class QwenVLFamily(Family):
 
 
 class InternVLFamily(Family):
-    """InternVL (HF-native): fixed tiles of image_seq_length tokens wrapped in <img>…</img>."""
+    """InternVL (HF-native): fixed tiles of image_seq_length tokens wrapped in <img>…</img>.
+
+    Its processor may cut an image into up to `max_patches` tiles plus a thumbnail; one tile is the
+    image resized to the processor's `size` (448x448 for InternVL3: 256 tokens).
+    """
 
     name = "internvl"
     model_types = ("internvl",)
+    one_tile_options = {"crop_to_patches": False}
 
-    def image_inputs(self, config, tokenizer, image_processor, images):
-        out = image_processor(images=list(images), return_tensors="pt")
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
+        out = self._process(image_processor, list(images), one_tile)
         vision = config.vision_config
         side = vision.image_size[0] // vision.patch_size[0]
         per_tile = int(side * side * config.downsample_ratio**2)
@@ -128,9 +147,10 @@ class Idefics3Family(Family):
 
     name = "idefics3"
     model_types = ("idefics3", "smolvlm")
+    one_tile_options = {"do_image_splitting": False}  # the global image alone, at max_image_size
 
-    def image_inputs(self, config, tokenizer, image_processor, images):
-        out = image_processor(images=[[im] for im in images], return_tensors="pt", return_row_col_info=True)
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
+        out = self._process(image_processor, [[im] for im in images], one_tile, return_row_col_info=True)
         vision = config.vision_config
         seq = int((vision.image_size // vision.patch_size) ** 2 / config.scale_factor**2)
         token = self.image_token(config, tokenizer)
@@ -155,8 +175,8 @@ class LlavaFamily(Family):
     name = "llava"
     model_types = ("llava",)
 
-    def image_inputs(self, config, tokenizer, image_processor, images):
-        out = image_processor(images=list(images), return_tensors="pt")
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
+        out = self._process(image_processor, list(images), one_tile)
         height, width = out["pixel_values"].shape[-2:]
         patch = config.vision_config.patch_size
         count = (height // patch) * (width // patch) + (config.vision_feature_select_strategy == "full")

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from slq.data import (ImageRecord, ImageTextDataset, load_dataset, load_image, load_jsonl, load_karpathy,
-                      write_dataset_info, write_jsonl)
-from slq.errors import DataError, SLQError
+from slq.data import (PAD_GREY, ImageRecord, ImageTextDataset, load_dataset, load_image, load_jsonl, load_karpathy,
+                      pad_to_square, write_dataset_info, write_jsonl)
+from slq.errors import DataError, SettingError, SLQError
 
 
 def make_png(path: Path, size: int = 4, color=(200, 30, 30)) -> Path:
@@ -297,6 +297,36 @@ def test_karpathy_missing_image_root(coco, tmp_path):
         load_karpathy(coco, image_root=tmp_path / "nowhere")
 
 
+def test_karpathy_max_captions_keeps_the_first_sentences_in_order(tmp_path):
+    make_png(tmp_path / "f1.png")
+    make_png(tmp_path / "f2.png")
+    seven = [f"sentence {i}" for i in range(7)]
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": [karpathy_entry("f1.png", "test", *seven),
+                                           karpathy_entry("f2.png", "test", "only one")]}))
+    ds = load_karpathy(path, max_captions=5)
+    assert ds.records[0].captions == tuple(seven[:5])
+    assert ds.records[1].captions == ("only one",)  # fewer than N: all kept
+    assert ds.text_to_image() == [0] * 5 + [1]
+    assert load_karpathy(path).records[0].captions == tuple(seven)  # default: all
+    assert load_dataset(path, max_captions=5).texts() == seven[:5] + ["only one"]
+
+
+def test_jsonl_max_captions_keeps_the_first_captions(tmp_path, images):
+    jsonl = write_lines(tmp_path / "d.jsonl", [rec("imgs/a.png", "one", "two", "three"), rec("imgs/b.png", "four")])
+    assert load_jsonl(jsonl, max_captions=2).texts() == ["one", "two", "four"]
+    assert load_dataset(jsonl, max_captions=1).texts() == ["one", "four"]
+    assert load_dataset(jsonl).texts() == ["one", "two", "three", "four"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "5"])
+def test_bad_max_captions_is_refused_before_reading(tmp_path, value):
+    missing = tmp_path / "missing.json"
+    for load in (load_dataset, load_karpathy, load_jsonl):
+        with pytest.raises(SettingError, match=r"max_captions .*: must be an integer >= 1 \(or None"):
+            load(missing, max_captions=value)
+
+
 # ---------------------------------------------------------------------------------------------
 # load_dataset dispatch
 
@@ -327,6 +357,26 @@ def test_load_dataset_rejects_folders_and_other_suffixes(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Images and writes
+
+
+@pytest.mark.parametrize("size, box", [((6, 2), (0, 2, 6, 4)), ((5, 2), (0, 1, 5, 3)), ((2, 7), (2, 0, 4, 7))])
+def test_pad_to_square_centres_the_image_on_grey(size, box):
+    red = (200, 30, 30)
+    square = pad_to_square(Image.new("RGB", size, red))
+    side = max(size)
+    assert square.size == (side, side) and square.mode == "RGB" and PAD_GREY == (127, 127, 127)
+    left, top, right, bottom = box  # where the image lands: centred, an odd margin's extra pixel after it
+    for x in range(side):
+        for y in range(side):
+            inside = left <= x < right and top <= y < bottom
+            assert square.getpixel((x, y)) == (red if inside else PAD_GREY), (x, y)
+
+
+def test_pad_to_square_keeps_a_square_and_converts_to_rgb():
+    image = Image.new("RGB", (4, 4), (1, 2, 3))
+    assert pad_to_square(image) is image
+    grey = pad_to_square(Image.new("L", (1, 3), 9))
+    assert grey.mode == "RGB" and [grey.getpixel((x, 1)) for x in range(3)] == [PAD_GREY, (9, 9, 9), PAD_GREY]
 
 
 def test_load_image_decodes_to_rgb(tmp_path):

@@ -1,9 +1,12 @@
-"""Recall@K: hand-computed cases, pessimistic ties, validation, and the chunked path."""
+"""Recall@K: hand-computed cases, both tie rules, validation, and the chunked path."""
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from slq.errors import SettingError
 from slq.evaluation import metrics
 from slq.evaluation.metrics import format_recall_table, recall_at_k
 
@@ -57,20 +60,22 @@ def test_i2t_second_caption_alone_is_the_hit():
     assert alone["i2t"]["R@1"] == 0.5
 
 
-def test_all_equal_scores_get_zero_recall():
-    # A collapsed model: every score equal. Pessimistic ties -> every query ties with every
+def test_all_equal_scores_get_zero_recall_under_strict_ties():
+    # A collapsed model: every score equal. Strict ties -> every query ties with every
     # negative, rank = number of negatives (3 images - 1 = 2; 6 texts - 2 = 4).
     sim = np.full((6, 3), 0.7)
-    report = recall_at_k(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 3, 5))
+    report = recall_at_k(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 3, 5), ties="strict")
     assert report["t2i"] == {"R@1": 0.0, "R@2": 0.0, "R@3": 1.0, "R@5": 1.0}
     assert report["i2t"] == {"R@1": 0.0, "R@2": 0.0, "R@3": 0.0, "R@5": 1.0}
 
 
 def test_tie_between_positive_and_negative_at_top():
-    # Text 0: its image 0 ties with image 1 at 0.5 (top); image 2 lower. rank 1 -> miss@1, hit@2.
+    # Text 0: its image 0 ties with image 1 at 0.5 (top); image 2 lower. Strict: rank 1 -> miss@1,
+    # hit@2. Average: first of the two tied half the time -> hit@1 = 1/2.
     sim = np.array([[0.5, 0.5, 0.1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    report = recall_at_k(sim, [0, 1, 2], ks=(1, 2))
+    report = recall_at_k(sim, [0, 1, 2], ks=(1, 2), ties="strict")
     assert report["t2i"] == {"R@1": pytest.approx(2 / 3), "R@2": 1.0}
+    assert recall_at_k(sim, [0, 1, 2], ks=(1, 2))["t2i"] == {"R@1": pytest.approx((0.5 + 2) / 3), "R@2": 1.0}
     # i2t image 0: positive text 0 at 0.5, negatives 0.0, 0.0 -> hit. Image 1: positive text 1 at
     # 1.0, negative text 0 at 0.5 -> hit. Image 2: hit.
     assert report["i2t"] == {"R@1": 1.0, "R@2": 1.0}
@@ -78,8 +83,99 @@ def test_tie_between_positive_and_negative_at_top():
 
 def test_i2t_tie_with_negative_text_is_a_miss_at_1():
     sim = np.array([[0.5, 0.0], [0.5, 0.9]])  # image 0: its text 0 ties with text 1 (of image 1)
-    report = recall_at_k(sim, [0, 1], ks=(1, 2))
+    report = recall_at_k(sim, [0, 1], ks=(1, 2), ties="strict")
     assert report["i2t"] == {"R@1": 0.5, "R@2": 1.0}
+    # Average: image 0 hits@1 half the time, image 1 always.
+    assert recall_at_k(sim, [0, 1], ks=(1, 2))["i2t"] == {"R@1": 0.75, "R@2": 1.0}
+
+
+def test_average_ties_text_tied_with_three_negatives():
+    # 6 images. Text 0 ties its image 0 with images 1, 2, 3 at 0.5; images 4, 5 score lower: a random
+    # order of the 4 tied puts the positive first 1/4 of the time, in the top 2 half the time, and
+    # always in the top 4. Texts 1-5 rank their own image first.
+    sim = np.eye(6)
+    sim[0, :4] = 0.5
+    report = recall_at_k(sim, np.arange(6), ks=(1, 2, 4, 5))
+    assert report["t2i"] == {"R@1": pytest.approx((1 / 4 + 5) / 6), "R@2": pytest.approx((1 / 2 + 5) / 6),
+                             "R@4": 1.0, "R@5": 1.0}
+    assert report["ties"] == "average"
+    strict = recall_at_k(sim, np.arange(6), ks=(1, 2, 4, 5), ties="strict")
+    assert strict["t2i"] == {"R@1": pytest.approx(5 / 6), "R@2": pytest.approx(5 / 6), "R@4": 1.0, "R@5": 1.0}
+    # One negative strictly above the tie (image 4 at 0.9): hit@1 is impossible, hit@k = (k - 1) / 4.
+    sim[0, 4] = 0.9
+    report = recall_at_k(sim, np.arange(6), ks=(1, 2, 3, 5))
+    assert report["t2i"] == {"R@1": pytest.approx(5 / 6), "R@2": pytest.approx((1 / 4 + 5) / 6),
+                             "R@3": pytest.approx((2 / 4 + 5) / 6), "R@5": 1.0}
+
+
+@pytest.mark.parametrize("n_images, captions", [(3, 2), (25, 1), (25, 5)])
+def test_collapsed_model_scores_chance_for_t2i(n_images, captions):
+    sim = np.full((n_images * captions, n_images), 0.3, dtype=np.float32)
+    ks = (1, 2, 3, 5, 10)
+    report = recall_at_k(sim, np.repeat(np.arange(n_images), captions), ks=ks)
+    assert report["t2i"] == {f"R@{k}": pytest.approx(min(k, n_images) / n_images, rel=1e-12) for k in ks}
+
+
+def test_collapsed_model_i2t_with_two_tied_captions():
+    # Each image: its 2 captions and the 4 others all tie. The first positive of a random order of 6
+    # items with 2 positives is past place m with probability C(6 - m, 2) / C(6, 2).
+    sim = np.full((6, 3), 0.7)
+    report = recall_at_k(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 3, 5))
+    assert report["i2t"] == {"R@1": pytest.approx(1 - 10 / 15), "R@2": pytest.approx(1 - 6 / 15),
+                             "R@3": pytest.approx(1 - 3 / 15), "R@5": 1.0}
+    assert report["t2i"] == {"R@1": pytest.approx(1 / 3), "R@2": pytest.approx(2 / 3), "R@3": 1.0, "R@5": 1.0}
+
+
+def test_i2t_two_tied_positives_behind_a_negative():
+    # Image 0's captions (texts 0, 1) both score 0.5; text 2 (image 1) scores 0.9 above them, texts 3
+    # and 4 (images 1, 2) tie at 0.5. g=1, e=2, p=2: P(X >= 1) = 2/4, P(X >= 2) = 2/4 * 1/3.
+    sim = np.zeros((5, 3))
+    sim[:, 0] = [0.5, 0.5, 0.9, 0.5, 0.5]
+    sim[2:, 1:] = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]  # images 1 and 2 rank a caption of theirs first
+    report = recall_at_k(sim, [0, 0, 1, 1, 2], ks=(1, 2, 3, 4))
+    assert report["i2t"] == {"R@1": pytest.approx(2 / 3), "R@2": pytest.approx((1 / 2 + 2) / 3),
+                             "R@3": pytest.approx((5 / 6 + 2) / 3), "R@4": 1.0}
+    strict = recall_at_k(sim, [0, 0, 1, 1, 2], ks=(1, 2, 3, 4), ties="strict")
+    assert strict["i2t"] == {"R@1": pytest.approx(2 / 3), "R@2": pytest.approx(2 / 3),
+                             "R@3": pytest.approx(2 / 3), "R@4": 1.0}
+
+
+def _random_tie_breaking(sim: np.ndarray, t2i: np.ndarray, ks) -> dict:
+    """Reference for ties="average": hit@k averaged over every order of the candidates used to break
+    ties (all permutations), queries ranked by score, then by that order."""
+
+    def mean_hit(scores, positives, k):
+        hits = []
+        for order in itertools.permutations(range(len(scores))):
+            ranked = sorted(range(len(scores)), key=lambda c: (-scores[c], order[c]))
+            hits.append(any(c in positives for c in ranked[:k]))
+        return np.mean(hits)
+
+    n_texts, n_images = sim.shape
+    texts_of = [{t for t in range(n_texts) if t2i[t] == i} for i in range(n_images)]
+    return {
+        "t2i": {f"R@{k}": np.mean([mean_hit(sim[t], {t2i[t]}, k) for t in range(n_texts)]) for k in ks},
+        "i2t": {f"R@{k}": np.mean([mean_hit(sim[:, i], texts_of[i], k) for i in range(n_images)]) for k in ks},
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_average_ties_match_random_tie_breaking(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    n_images = int(rng.integers(2, 5))
+    t2i = np.concatenate([np.arange(n_images), rng.integers(0, n_images, size=6 - n_images)])
+    rng.shuffle(t2i)
+    sim = rng.integers(0, 3, size=(6, n_images)).astype(np.float64)  # 3 values: ties everywhere
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 5)  # several chunks
+    ks = (1, 2, 3, 5)
+    report, expected = recall_at_k(sim, t2i, ks=ks), _random_tie_breaking(sim, t2i, ks)
+    for direction in ("t2i", "i2t"):
+        assert report[direction] == {k: pytest.approx(v, abs=1e-12) for k, v in expected[direction].items()}
+
+
+def test_unknown_tie_rule_is_refused():
+    with pytest.raises(SettingError, match="ties optimistic: must be one of average, strict"):
+        recall_at_k(np.eye(2), [0, 1], ties="optimistic")
 
 
 def test_k_larger_than_number_of_images():
@@ -117,7 +213,7 @@ def test_invalid_inputs_raise_value_error(sim, t2i, ks, match):
 
 
 def _naive(sim: np.ndarray, t2i: np.ndarray, ks) -> dict:
-    """Reference: the definition written as double loops."""
+    """Reference for ties="strict": the definition written as double loops."""
     n_texts, n_images = sim.shape
     t_hits = {k: 0 for k in ks}
     for t in range(n_texts):
@@ -135,6 +231,7 @@ def _naive(sim: np.ndarray, t2i: np.ndarray, ks) -> dict:
         "i2t": {f"R@{k}": i_hits[k] / n_images for k in ks},
         "n_images": n_images,
         "n_texts": n_texts,
+        "ties": "strict",
     }
 
 
@@ -149,7 +246,7 @@ def test_chunked_matches_naive_reference(seed, monkeypatch):
     sim = np.round(rng.normal(size=(len(t2i), n_images)), 1)
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7)  # force many small, uneven chunks
     ks = (1, 2, 3, 5)
-    assert recall_at_k(sim, t2i, ks=ks) == _naive(sim, t2i, ks)
+    assert recall_at_k(sim, t2i, ks=ks, ties="strict") == _naive(sim, t2i, ks)
 
 
 def test_large_matrix_runs_fast_in_float32():
@@ -177,3 +274,4 @@ def test_format_recall_table():
     assert lines[4] == "n_images=4 n_texts=20"
     assert len({len(line) for line in lines[1:4]}) == 1, "columns must line up"
     assert format_recall_table(report).splitlines()[0].split() == ["R@1", "R@5", "R@10"]
+    assert format_recall_table({**report, "ties": "strict"}).splitlines()[-1] == "n_images=4 n_texts=20 ties=strict"

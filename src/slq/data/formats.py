@@ -16,6 +16,10 @@ backbone (e.g. a reverse dictionary, where a definition retrieves its word):
     {"text": "cat", "captions": ["feline mammal usually having thick soft fur"]}
 
 All records of one file are of one kind.
+
+`max_captions=N` keeps the first N captions of each record, in file order, as the standard
+COCO/Flickr test protocol does (Karpathy's dataset_coco.json gives some images 6 or 7 sentences;
+its 5K test set is read as 25,000 texts, the first 5 of each image).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from .._io import atomic_write
-from ..errors import DataError
+from ..errors import DataError, SettingError
 from .images import image_problem
 from .records import Collector, ImageRecord, ImageTextDataset, Record, TextRecord, error, exc_reason
 
@@ -86,14 +91,22 @@ def _check_images(
     return kept
 
 
+def _check_max_captions(max_captions: int | None) -> None:
+    if max_captions is not None and not (isinstance(max_captions, int) and not isinstance(max_captions, bool)
+                                         and max_captions >= 1):
+        raise SettingError("max_captions", max_captions, "must be an integer >= 1 (or None: all captions)")
+
+
 def _finish(
     path: Path, name: str, records: list[Record], collector: Collector, what: str = "",
-    directions: tuple[str, str] | None = None,
+    directions: tuple[str, str] | None = None, max_captions: int | None = None,
 ) -> ImageTextDataset:
     skipped = collector.in_order()
     if not records:
         detail = f"{len(skipped)} skipped, first: {skipped[0].reason}" if skipped else "no records"
         raise error(str(path), f"no usable records{what} ({detail})")
+    if max_captions is not None:
+        records = [replace(r, captions=r.captions[:max_captions]) for r in records]
     named = {"directions": tuple(directions)} if directions else {}
     return ImageTextDataset(records=records, name=name, skipped=skipped, **named)
 
@@ -140,12 +153,14 @@ def _parse_jsonl_record(line: bytes, source: str, base: Path) -> Record:
 
 def load_jsonl(
     path: str | os.PathLike, on_bad_record: str = "error", check_images: bool = True,
-    directions: tuple[str, str] | None = None,
+    directions: tuple[str, str] | None = None, max_captions: int | None = None,
 ) -> ImageTextDataset:
     """Load our JSONL format. Syntax is checked for all lines before any image is opened, so a
     typo on the last line is reported before minutes of image checks. `directions` names the two
     ways of retrieving (see `ImageTextDataset`); by default the folder's `slq-dataset.json` names
-    them (`write_dataset_info`), else they are "t2i", "i2t"."""
+    them (`write_dataset_info`), else they are "t2i", "i2t". `max_captions`: keep the first N
+    captions of each record (None: all)."""
+    _check_max_captions(max_captions)
     path = Path(path)
     if directions is None:
         directions = _directions_beside(path)
@@ -164,7 +179,7 @@ def load_jsonl(
             collector.bad(number, source, str(e))
     texts = [r for _, r in parsed if isinstance(r, TextRecord)]
     records = texts or _check_images(parsed, collector, check_images)
-    return _finish(path, path.stem, records, collector, directions=directions)
+    return _finish(path, path.stem, records, collector, directions=directions, max_captions=max_captions)
 
 
 def write_dataset_info(folder: str | os.PathLike, directions: tuple[str, str]) -> Path:
@@ -258,8 +273,11 @@ def load_karpathy(
     split: str = "test",
     on_bad_record: str = "error",
     check_images: bool = True,
+    max_captions: int | None = None,
 ) -> ImageTextDataset:
-    """Load one split of a Karpathy file; image = image_root / filepath / filename."""
+    """Load one split of a Karpathy file; image = image_root / filepath / filename. `max_captions`:
+    keep the first N sentences of each image (None: all; the standard test protocol: 5)."""
+    _check_max_captions(max_captions)
     path = Path(path)
     collector = Collector(on_bad_record)
     wanted = _selected_splits(split)
@@ -281,7 +299,7 @@ def load_karpathy(
         except ValueError as e:
             collector.bad(i, source, str(e))
     records = _check_images(parsed, collector, check_images)
-    return _finish(path, f"{path.stem}-{split}", records, collector, f" in split {split!r}")
+    return _finish(path, f"{path.stem}-{split}", records, collector, f" in split {split!r}", max_captions=max_captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,8 +314,11 @@ def load_dataset(
     on_bad_record: str = "error",
     check_images: bool = True,
     directions: tuple[str, str] | None = None,
+    max_captions: int | None = None,
 ) -> ImageTextDataset:
-    """Load a dataset by file type: *.jsonl is our format, *.json a Karpathy split file."""
+    """Load a dataset by file type: *.jsonl is our format, *.json a Karpathy split file.
+    `max_captions`: keep the first N captions of each record (None: all)."""
+    _check_max_captions(max_captions)  # before the file is read
     path = Path(path)
     accepted = "expected a .jsonl file (our format) or a Karpathy .json file (dataset_coco.json)"
     if path.is_dir():
@@ -307,7 +328,8 @@ def load_dataset(
         for flag, value in (("image_root", image_root), ("split", split)):
             if value is not None:
                 raise error(str(path), f"{flag} applies only to Karpathy .json files, not JSONL")
-        return load_jsonl(path, on_bad_record=on_bad_record, check_images=check_images, directions=directions)
+        return load_jsonl(path, on_bad_record=on_bad_record, check_images=check_images, directions=directions,
+                          max_captions=max_captions)
     if suffix == ".json":
         return load_karpathy(
             path,
@@ -315,5 +337,6 @@ def load_dataset(
             split=split if split is not None else "test",
             on_bad_record=on_bad_record,
             check_images=check_images,
+            max_captions=max_captions,
         )
     raise error(str(path), f"unsupported file type {path.suffix or '(none)'!r}; {accepted}")

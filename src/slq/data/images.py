@@ -1,4 +1,4 @@
-"""Opening images: fully decoded, as RGB, with errors that name the record."""
+"""Opening images: fully decoded, as RGB, with errors that name the record; padding one to a square."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from PIL import Image
 from .records import ImageRecord, error, exc_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PAD_GREY = (127, 127, 127)  # the SLQ paper's reference code pads InternVL's images with this grey
 
 
 def image_problem(path: Path) -> str | None:
@@ -46,3 +47,19 @@ def load_image(record_or_path: ImageRecord | str | os.PathLike, source: str | No
             return img.convert("RGB")  # a copy, so closing the file is safe
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
         raise error(source, f"cannot read image {path}: {exc_reason(e)}") from None
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = PAD_GREY) -> Image.Image:
+    """`image` (as RGB) centred on a `fill`-coloured square as wide as its longer side.
+
+    An image processor then resizes it to its square input without stretching or cropping it. An
+    odd margin puts the extra pixel after the image (right or bottom), as LLaVA's `expand2square`.
+    """
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new("RGB", (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square

@@ -52,6 +52,7 @@ class Evaluator(Protocol):
     name: str
     dataset: ImageTextDataset
     directions: tuple[str, str]
+    ties: str  # how its recall counts tied scores: "average" or "strict" (`slq.evaluation.metrics`)
 
     def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict: ...
 
@@ -291,6 +292,7 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
         "methods": {m.name: {k: v for k, v in rows[m.name].items() if k != "evaluations"} for m in methods},
         "directions": list(primary.directions),
         "chance_R@1": 1 / len(primary.dataset),
+        "ties": primary.ties,
         "test": primary.dataset.name,
         "train": train_data.name,
         "method_settings": {m.name: {"encoder": m.encoder, "random_init": m.random_init,

@@ -1,13 +1,22 @@
-"""Recall@K for text-to-image and image-to-text retrieval.
+"""Recall@K for text-to-image and image-to-text retrieval, with ties handled explicitly.
 
-Ties are counted pessimistically: the rank of a query is the number of NEGATIVE candidates that
-score at least as high as its best positive, and hit@k iff rank < k. A collapsed model that gives
-every candidate the same score therefore gets recall ~0 (a negative ties with every positive),
-not 1 as an optimistic `argsort` or `>`-based rank would report; ties can only hurt a model, so
-a recall number cannot be inflated by degenerate embeddings. Other positives never count against
-a query (an image with 5 captions is not penalised for its other 4).
+A query's candidates fall into three groups around s*, the score of its best positive: g negatives
+score strictly above s*, e negatives score exactly s*, and p >= 1 positives score exactly s* (an
+image may have several captions at its best score). Positives other than those never count against
+a query (an image with 5 captions is not penalised for its other 4). How the tied group is ordered
+is the `ties` rule:
 
-The similarity matrix may be large (25k COCO texts x 5k images); ranks are computed in row chunks
+* "average" (the default): the score a uniformly random order of the tied group gets on average.
+  The number X of tied negatives ranked before the first tied positive has
+  P(X >= m) = prod_{i<m} (e - i) / (p + e - i), so the expected hit@k is 0 when g >= k, else
+  1 - P(X >= k - g). A collapsed model that gives every candidate the same score gets chance
+  (k / n_images for t2i), as a random ranking would: equal scores are neither a miss nor, as an
+  index-ordered `argsort` may make them, a hit. With float embeddings ties are rare and both rules
+  agree; they part where scores collapse or are coarse.
+* "strict": every tied negative ranks first; a query hits@k iff g + e < k. A collapsed model gets
+  ~0; ties can only hurt, so no way of breaking them scores lower.
+
+The similarity matrix may be large (25k COCO texts x 5k images); the counts are taken in row chunks
 so no second full-size matrix is built.
 """
 
@@ -18,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SettingError
+
+TIE_RULES = ("average", "strict")  # how a score tied with a query's best positive counts (module docstring)
 _CHUNK_ELEMENTS = 1 << 22  # ~4M comparisons per chunk: small temporaries, few Python iterations
 
 
@@ -55,36 +67,72 @@ def _validate(sim: np.ndarray, t2i: np.ndarray, ks: Sequence[int]) -> None:
         raise ValueError(f"ks must be a non-empty list of positive integers, got {list(ks)}")
 
 
-def _ranks(sim: np.ndarray, t2i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pessimistic ranks: (t2i_rank (n_texts,), i2t_rank (n_images,))."""
+def _tie_counts(sim: np.ndarray, t2i: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Per query, the counts the tie rules need: (above, tied, tied_positives) for t2i (n_texts,)
+    and for i2t (n_images,): negatives scoring above the best positive, negatives tied with it,
+    and positives tied with it (>= 1)."""
     n_texts, n_images = sim.shape
     rows = np.arange(n_texts)
     pos = sim[rows, t2i]  # (T,) score of each text with its own image
     best = np.full(n_images, -np.inf)
     np.maximum.at(best, t2i, pos)  # (I,) best score among each image's texts
-    # Texts at their image's best score: they are positives, so they are taken out of its count.
-    at_best = np.bincount(t2i, weights=(pos >= best[t2i]), minlength=n_images)  # (I,)
+    # Texts at their image's best score: the image's tied positives, taken out of its tied count.
+    at_best = np.bincount(t2i, weights=(pos >= best[t2i]), minlength=n_images).astype(np.int64)  # (I,)
 
-    t2i_rank = np.empty(n_texts, dtype=np.int64)
+    t2i_gt = np.empty(n_texts, dtype=np.int64)
+    t2i_ge = np.empty(n_texts, dtype=np.int64)
+    i2t_gt = np.zeros(n_images, dtype=np.int64)  # texts scoring > best, per image (never a positive)
     i2t_ge = np.zeros(n_images, dtype=np.int64)  # texts scoring >= best, per image
     chunk = max(1, _CHUNK_ELEMENTS // n_images)
     for start in range(0, n_texts, chunk):
         block = sim[start : start + chunk]  # (c, I) a view, no copy
         if np.isnan(block).any():
             raise ValueError(f"similarity has NaN in rows {start}..{start + len(block) - 1}")
-        # The positive itself is always >= its own score: subtract it.
         block_pos = pos[start : start + chunk, None]  # (c, 1)
-        t2i_rank[start : start + len(block)] = (block >= block_pos).sum(1) - 1
+        t2i_gt[start : start + len(block)] = (block > block_pos).sum(1)
+        t2i_ge[start : start + len(block)] = (block >= block_pos).sum(1)
+        i2t_gt += (block > best[None, :]).sum(0)
         i2t_ge += (block >= best[None, :]).sum(0)
-    return t2i_rank, i2t_ge - at_best.astype(np.int64)
+    # The positive itself is always >= its own score: it is the one tied positive of a t2i query.
+    t2i_counts = (t2i_gt, t2i_ge - t2i_gt - 1, np.ones(n_texts, dtype=np.int64))
+    return t2i_counts, (i2t_gt, i2t_ge - i2t_gt - at_best, at_best)
 
 
-def recall_at_k(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 10)) -> dict:
+def _hit_rates(above: np.ndarray, tied: np.ndarray, tied_pos: np.ndarray, ks: Sequence[int], ties: str) -> dict:
+    """Recall@k for each k: the mean over queries of hit@k under the tie rule (module docstring)."""
+    if ties == "strict":
+        return {f"R@{k}": float(np.mean(above + tied < k)) for k in ks}
+    # survival[m] = P(X >= m), X = tied negatives ranked before the first tied positive, m = 0..max(ks)
+    survival = np.ones((max(ks) + 1, len(above)))  # (K + 1, Q)
+    for m in range(1, max(ks) + 1):
+        left = np.maximum(tied - (m - 1), 0)  # tied negatives not yet placed; 0 ends the product
+        survival[m] = survival[m - 1] * left / np.maximum(tied_pos + tied - (m - 1), 1)
+    queries = np.arange(len(above))
+    rates = {}
+    for k in ks:
+        room = k - above  # (Q,) places in the top k left for the tied group
+        hit = np.where(room > 0, 1.0 - survival[np.clip(room, 0, k), queries], 0.0)
+        rates[f"R@{k}"] = float(np.mean(hit))
+    return rates
+
+
+def check_ties(ties: str) -> str:
+    """`ties` if it names a tie rule, else a SettingError saying which ones exist."""
+    if ties not in TIE_RULES:
+        raise SettingError("ties", ties, f"must be one of {', '.join(TIE_RULES)}")
+    return ties
+
+
+def recall_at_k(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 10), *,
+                ties: str = "average") -> dict:
     """Recall@K both ways from a (n_texts, n_images) score matrix.
 
     text_to_image[t] is the image text t describes. t2i: a text hits@k iff its image is in the
-    top k; i2t: an image hits@k iff any of its texts is in the top k. Ties count as misses.
+    top k; i2t: an image hits@k iff any of its texts is in the top k. `ties`: "average" scores a
+    tie as uniformly random tie-breaking would on average, "strict" counts every tie as a miss
+    (module docstring).
     """
+    check_ties(ties)
     sim = _as_numpy(similarity)
     t2i = np.asarray(text_to_image)
     _validate(sim, t2i, ks)
@@ -97,12 +145,13 @@ def recall_at_k(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 
             f"{len(missing)} image(s) have no text, e.g. image {missing[0]}; "
             "image-to-text recall needs at least one text per image"
         )
-    t2i_rank, i2t_rank = _ranks(sim, t2i)
+    t2i_counts, i2t_counts = _tie_counts(sim, t2i)
     return {
-        "t2i": {f"R@{k}": float(np.mean(t2i_rank < k)) for k in ks},
-        "i2t": {f"R@{k}": float(np.mean(i2t_rank < k)) for k in ks},
+        "t2i": _hit_rates(*t2i_counts, ks, ties),
+        "i2t": _hit_rates(*i2t_counts, ks, ties),
         "n_images": int(n_images),
         "n_texts": int(n_texts),
+        "ties": ties,
     }
 
 
@@ -112,12 +161,13 @@ def format_recall_table(report: dict, title: str | None = None, directions: Sequ
           R@1    R@5   R@10
     t2i  52.3   80.1   88.0
     i2t  68.0   89.9   94.6
-    n_images=5000 n_texts=25000
+    n_images=5000 n_texts=25000 ties=average
     """
     columns = list(report[directions[0]])
     lines = [title] if title else []
     lines.append(" " * 3 + "".join(f"{c:>7}" for c in columns))
     for direction in directions:
         lines.append(f"{direction:<3}" + "".join(f"{100 * report[direction][c]:>7.1f}" for c in columns))
-    lines.append(f"n_images={report['n_images']} n_texts={report['n_texts']}")
+    counts = f"n_images={report['n_images']} n_texts={report['n_texts']}"
+    lines.append(counts + (f" ties={report['ties']}" if "ties" in report else ""))
     return "\n".join(lines)

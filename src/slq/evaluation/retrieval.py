@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from ..data import ImageTextDataset
 from ..encoder import Encoder
-from .metrics import recall_at_k
+from .metrics import check_ties, recall_at_k
 
 
 def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 32,
-             ks: tuple[int, ...] = (1, 5, 10), show_progress_bar: bool | None = None) -> dict:
+             ks: tuple[int, ...] = (1, 5, 10), show_progress_bar: bool | None = None,
+             ties: str = "average") -> dict:
     """Embed every caption and target of `dataset` and score retrieval both ways.
 
-    Returns `{forward: {"R@1": …}, backward: {…}, "n_images": …, "n_texts": …, "dataset": …}` where
-    forward/backward are the dataset's `directions` ("t2i"/"i2t" unless it names its own); a
-    target→caption query hits when any of the target's captions is in the top k.
+    Returns `{forward: {"R@1": …}, backward: {…}, "n_images": …, "n_texts": …, "ties": …, "dataset": …}`
+    where forward/backward are the dataset's `directions` ("t2i"/"i2t" unless it names its own); a
+    target→caption query hits when any of the target's captions is in the top k. `ties` is the rule
+    for scores tied with a query's best positive (`slq.evaluation.metrics`): "average" or "strict".
     """
+    check_ties(ties)  # before minutes of embedding
     text_emb = encoder.encode_text(dataset.texts(), batch_size=batch_size, show_progress_bar=show_progress_bar)
     target_emb = encoder.encode_targets(dataset.records, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    scores = recall_at_k(text_emb @ target_emb.T, dataset.text_to_image(), ks=ks)  # (n_texts, n_targets)
+    scores = recall_at_k(text_emb @ target_emb.T, dataset.text_to_image(), ks=ks, ties=ties)  # (n_texts, n_targets)
     forward, backward = dataset.directions
     report = {forward: scores["t2i"], backward: scores["i2t"], "n_images": scores["n_images"],
-              "n_texts": scores["n_texts"], "dataset": dataset.name}
+              "n_texts": scores["n_texts"], "ties": ties, "dataset": dataset.name}
     if dataset.skipped:
         report["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
     return report
@@ -29,16 +32,19 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
 class RetrievalEvaluator:
     """Recall@K both ways on one dataset, as one of `slq.evaluation.compare`'s evaluators.
 
-    `name` keys its results in a comparison's report ("test", "validation", …).
+    `name` keys its results in a comparison's report ("test", "validation", …); `ties` is the rule
+    for tied scores, "average" or "strict" (`slq.evaluation.metrics`).
     """
 
     def __init__(self, dataset: ImageTextDataset, name: str = "test", *, batch_size: int = 32,
-                 ks: tuple[int, ...] = (1, 5, 10)):
+                 ks: tuple[int, ...] = (1, 5, 10), ties: str = "average"):
         self.dataset, self.name, self.batch_size, self.ks = dataset, name, batch_size, ks
+        self.ties = check_ties(ties)
 
     @property
     def directions(self) -> tuple[str, str]:
         return self.dataset.directions
 
     def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict:
-        return evaluate(encoder, self.dataset, batch_size=self.batch_size, ks=self.ks, show_progress_bar=progress)
+        return evaluate(encoder, self.dataset, batch_size=self.batch_size, ks=self.ks, show_progress_bar=progress,
+                        ties=self.ties)
