@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 TIMEOUT = 300  # seconds for any one subprocess
 STEPS = 16  # 16 images / batch 2 x 2 epochs
-TRAIN_FLAGS = ("--num-queries", "4", "--batch-size", "2", "--epochs", "2", "--lr", "1e-3", "--save-every", "1")
+TRAIN_FLAGS = ("--num-queries", "4", "--batch-size", "2", "--epochs", "2", "--lr", "1e-3")
+SAVE_EVERY_STEP = ("--save-every", "1")
+FIRST_EPOCH_END = STEPS // 2  # where a run with the default settings writes its first checkpoint
 KILL_AT = random.Random(20240611).randint(3, STEPS - 3)  # fixed seed: the same k on every run
 MARK = "from_killed_run"  # tagged onto the killed run's history entries to see where the resumed run began
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -74,10 +76,21 @@ def backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(backbone, shapes_jsonl, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("resume") / "out_a"
-    _ok(_train_cmd(backbone, shapes_jsonl, out))
-    return out
+def uninterrupted_runs(backbone, shapes_jsonl, tmp_path_factory):
+    """An uninterrupted run's folder per set of extra flags, trained once."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(extra: tuple[str, ...]) -> Path:
+        if extra not in runs:
+            runs[extra] = tmp_path_factory.mktemp("resume") / "out_a"
+            _ok(_train_cmd(backbone, shapes_jsonl, runs[extra], *extra))
+        return runs[extra]
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_runs) -> Path:
+    return uninterrupted_runs(SAVE_EVERY_STEP)
 
 
 # --- stepping a child process -----------------------------------------------------------------
@@ -145,23 +158,28 @@ def _mark_history(out: Path) -> None:
 
 # --- tests ------------------------------------------------------------------------------------
 
-def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_jsonl, uninterrupted, tmp_path):
-    out_a, out_b = uninterrupted, tmp_path / "out_b"
-    cmd = _train_cmd(backbone, shapes_jsonl, out_b)
+@pytest.mark.parametrize("extra,kill_at", [(SAVE_EVERY_STEP, KILL_AT), ((), FIRST_EPOCH_END)],
+                         ids=["save-every-step", "default-settings"])
+def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_jsonl, uninterrupted_runs, tmp_path,
+                                                           extra, kill_at):
+    """With the default settings a run checkpoints by itself (at each epoch's end): killed after that
+    first automatic checkpoint, it resumes to the same adapter."""
+    out_a, out_b = uninterrupted_runs(extra), tmp_path / "out_b"
+    cmd = _train_cmd(backbone, shapes_jsonl, out_b, *extra)
     for attempt in range(3):  # noqa: B007 (named in the message)  a retry only if this process was descheduled long enough to miss every step
         shutil.rmtree(out_b, ignore_errors=True)
         with open(tmp_path / "killed.stderr", "w+") as stderr:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
-            killed_at = _kill_at_step(proc, out_b, KILL_AT)
+            killed_at = _kill_at_step(proc, out_b, kill_at)
             stderr.seek(0)
             assert proc.returncode in (0, -signal.SIGKILL), f"training failed (rc {proc.returncode}):\n{stderr.read()}"
         if killed_at is not None:
             break
     else:
-        pytest.fail(f"the training run ended before step {KILL_AT} could be caught, 3 times")
-    where = f"(k={KILL_AT}, killed at checkpoint step {killed_at}, attempt {attempt + 1})"
+        pytest.fail(f"the training run ended before step {kill_at} could be caught, 3 times")
+    where = f"(k={kill_at}, killed at checkpoint step {killed_at}, attempt {attempt + 1})"
     assert proc.returncode == -signal.SIGKILL, f"{where} rc {proc.returncode}"
-    assert KILL_AT <= killed_at < STEPS, where
+    assert kill_at <= killed_at < STEPS, where
     assert not (out_b / WEIGHTS_NAME).exists(), f"{where} the killed run wrote an adapter"
     assert _state(out_b)["step"] == killed_at, where
     _mark_history(out_b)
@@ -193,13 +211,12 @@ def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_json
     assert differ == [], f"{where} final checkpoint tensors differ: {differ}"
 
 
-def test_resume_without_a_checkpoint_is_a_usage_error(backbone, shapes_jsonl, tmp_path):
+def test_resume_without_a_checkpoint_starts_afresh(backbone, shapes_jsonl, uninterrupted, tmp_path):
+    """A job script may always pass --resume: on its first attempt there is nothing to resume."""
     out = tmp_path / "fresh"
-    proc = _run(_train_cmd(backbone, shapes_jsonl, out, "--resume"))
-    assert proc.returncode == 2, proc.stderr
-    message = _error_line(proc)
-    assert "--resume" in message and str(out) in message, message
-    assert not (out / WEIGHTS_NAME).exists()
+    proc = _ok(_train_cmd(backbone, shapes_jsonl, out, *SAVE_EVERY_STEP, "--resume"))
+    assert f"nothing to resume in {out}: starting afresh" in proc.stderr, proc.stderr
+    assert _safetensors_parts(out / WEIGHTS_NAME)[1] == _safetensors_parts(uninterrupted / WEIGHTS_NAME)[1]
 
 
 @pytest.mark.parametrize("damaged", ["tensors", "state.json"])

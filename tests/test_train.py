@@ -206,3 +206,147 @@ def test_resume_refuses_changed_settings(tiny_dirs, shapes_jsonl, tmp_path):
               resume=True, progress=False)
     with pytest.raises(SLQError, match="warmup_steps 50: is longer than the run"):
         train(other, data, TrainConfig(num_queries=4, batch_size=8, warmup_steps=50), progress=False)
+
+
+# --- chunked steps (GradCache) ------------------------------------------------------------------
+
+def _gradients(encoder, trainable, texts, targets, chunk_size, engine="cached", cache=None):
+    """The loss and the gradients one step leaves in what trains and in the temperature."""
+    from slq.loss import ContrastiveLoss
+    from slq.train import contrastive_backward
+
+    for p in trainable:
+        p.grad = None
+    loss_fn = ContrastiveLoss()
+    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size)
+    return loss.item(), [p.grad.clone() for p in trainable], loss_fn.log_temperature.grad.clone()
+
+
+def _assert_same_step(whole, chunked, what):
+    loss, grads, temperature_grad = whole
+    assert chunked[0] == pytest.approx(loss, abs=1e-5), f"{what}: loss {chunked[0]} vs {loss}"
+    for g, h in zip(grads, chunked[1]):
+        assert (g - h).abs().max() < 1e-5, f"{what}: gradients differ by {(g - h).abs().max():.2e}"
+    assert max(g.abs().max() for g in grads) > 1e-4, f"{what}: a zero gradient proves nothing"
+    assert (temperature_grad - chunked[2]).abs() < 1e-5, what
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("engine", ["cached", "naive"])
+def test_a_chunked_slq_step_equals_the_whole_batch(backbones, shapes_jsonl, family, engine):
+    records = load_jsonl(shapes_jsonl).records[:8]
+    texts = [r.captions[0] for r in records]
+    retriever = SLQRetriever.fresh(backbones[family], num_queries=4)
+    trainable = [retriever.queries.weight]
+    whole = _gradients(retriever, trainable, texts, records, 0, engine)
+    for chunk_size in (1, 3, 5):  # 3, 5: a ragged last chunk
+        _assert_same_step(whole, _gradients(retriever, trainable, texts, records, chunk_size, engine),
+                          f"{family} {engine} chunks of {chunk_size}")
+
+
+def test_a_chunked_step_on_kept_prompts_equals_the_whole_batch(backbones, shapes_jsonl):
+    """Prompts kept by the prompt cache (stored, then joined into a batch) give the same step as fresh ones."""
+    from slq.prompt_cache import PromptCache
+
+    records = load_jsonl(shapes_jsonl).records[:8]
+    texts = [r.captions[0] for r in records]
+    retriever = SLQRetriever.fresh(backbones["qwen2_vl"], num_queries=4)
+    trainable = [retriever.queries.weight]
+    whole = _gradients(retriever, trainable, texts, records, 0)
+    cache = PromptCache(budget_mb=64)
+    first = _gradients(retriever, trainable, texts, records, 3, cache=cache)  # fills the cache
+    assert cache.misses == 16 and len(cache) == 16
+    kept = _gradients(retriever, trainable, texts, records, 3, cache=cache)  # runs on the kept prompts
+    assert cache.hits == 16
+    _assert_same_step(whole, first, "fresh prompts, chunks of 3")
+    _assert_same_step(whole, kept, "kept prompts, chunks of 3")
+
+
+def test_a_chunked_slq_step_runs_each_prompt_once(backbones, shapes_jsonl, monkeypatch):
+    """The recomputation is a pass of the queries on kept keys/values, never a second forward."""
+    import slq.retriever
+
+    records = load_jsonl(shapes_jsonl).records[:8]
+    retriever = SLQRetriever.fresh(backbones["qwen2_vl"], num_queries=4)
+    prompts_run = []
+    real = slq.retriever.run_prompts
+    monkeypatch.setattr(slq.retriever, "run_prompts", lambda b, batch, n: prompts_run.append(len(batch)) or
+                        real(b, batch, n))
+    _gradients(retriever, [retriever.queries.weight], [r.captions[0] for r in records], records, 3)
+    assert sum(prompts_run) == 16, f"prompts run {prompts_run}: each of 8 texts and 8 images once"
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradcache_baselines_equal_their_plain_step(tiny_dirs, shapes_jsonl, method):
+    from slq.backbone import Backbone
+    from slq.baselines import PooledEncoder, add_lora, unfreeze_language_model
+
+    records = load_jsonl(shapes_jsonl).records[:6]
+    texts = [r.captions[0] for r in records]
+    encoder = PooledEncoder(Backbone.load(tiny_dirs["qwen2_vl"]), "last")
+    (add_lora if method == "lora" else unfreeze_language_model)(encoder)
+    trainable = list(encoder.trainable_tensors().values())
+    whole = _gradients(encoder, trainable, texts, records, 0)
+    _assert_same_step(whole, _gradients(encoder, trainable, texts, records, 4), f"{method} chunks of 4")
+
+
+def test_chunked_training_matches_unchunked_training(tiny_dirs, shapes_jsonl):
+    data = load_jsonl(shapes_jsonl)
+    runs = []
+    for chunk_size in (0, 3):
+        retriever, config = _run(tiny_dirs, data, chunk_size=chunk_size)
+        history = train(retriever, data, config, progress=False).history
+        runs.append((retriever.queries.weight.detach().clone(), [h["loss"] for h in history]))
+    assert (runs[0][0] - runs[1][0]).abs().max() < 1e-4
+    assert runs[0][1] == pytest.approx(runs[1][1], abs=1e-4)
+
+
+# --- the paper's recipe: every pair, clipped gradients --------------------------------------------
+
+def test_pairs_all_visits_every_image_caption_pair_once_per_epoch(shapes_jsonl):
+    data = load_jsonl(shapes_jsonl)
+    config = TrainConfig(batch_size=4, epochs=2, pairs="all")
+    plan = BatchPlan(data, config)
+    every_pair = sorted((str(r.image), c) for r in data.records for c in r.captions)
+    assert plan.steps_per_epoch == len(every_pair) // 4
+    for epoch in range(2):
+        seen = []
+        for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
+            records, texts = plan(step)
+            seen += [(str(r.image), t) for r, t in zip(records, texts)]
+            assert all(t in r.captions for r, t in zip(records, texts))
+        assert len(seen) == len(set(seen)), "a pair was visited twice in one epoch"
+        assert set(seen) <= set(every_pair) and len(every_pair) - len(seen) < 4, "pairs were left out"
+    assert len(every_pair) > len(data.records), "the test data must have several captions per image"
+
+
+def test_clip_grad_norm_bounds_the_step(tiny_dirs, shapes_jsonl):
+    """With a tiny clip norm the gradient that reaches AdamW is rescaled: its norm equals the clip."""
+    from slq.loss import ContrastiveLoss
+    from slq.train import make_optimizer, train_step
+
+    records = load_jsonl(shapes_jsonl).records[:8]
+    retriever, config = _run(tiny_dirs, None)
+    loss_fn = ContrastiveLoss()
+    optimizer = make_optimizer(retriever, loss_fn, config)
+    train_step(retriever, loss_fn, optimizer, [r.captions[0] for r in records], records, clip_grad_norm=1e-3)
+    norm = torch.cat([retriever.queries.weight.grad.flatten(), loss_fn.log_temperature.grad.flatten()]).norm()
+    assert norm == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_kept_prompts_are_copies_not_views_of_their_batch(backbones):
+    """`split` gives views of the batch; the cache must keep copies of their own, in every tier."""
+    from slq.prompt_cache import PromptCache
+
+    retriever = SLQRetriever.fresh(backbones["qwen2_vl"], num_queries=4)
+    texts = ["a red circle", "two blue squares above a green triangle"]
+    for tiers in ({"device_mb": 64}, {"budget_mb": 64}, {"disk_mb": 64}):
+        cache = PromptCache(**{"budget_mb": 0, **tiers})
+        batch = retriever.prepare_texts(texts, cache=cache)  # all misses: the batch as run, states kept
+        before = [cache.get(("text", t)).keys.clone() for t in texts]
+        for k in batch.keys:
+            k.zero_()
+        after = [cache.get(("text", t)).keys for t in texts]
+        assert all(torch.equal(a, b) for a, b in zip(before, after)), f"{tiers}: the kept state changed with its batch"
+        used = {"device_mb": cache.device_used, "budget_mb": cache.used, "disk_mb": cache.disk_used}
+        assert used[next(iter(tiers))] > 0 and sum(used.values()) == used[next(iter(tiers))], (tiers, used)

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .attention import folded_gqa
+from .data.images import pad_to_square
 from .errors import DataError, SettingError, SLQError
 from .families import Family, family_for
 
@@ -33,6 +35,17 @@ _VOLATILE_CONFIG_KEYS = {
 }
 _PROBE_ROWS = 16
 DEFAULT_MAX_TEXT_TOKENS = 128
+# How an image becomes the vision tower's input: "processor" as the checkpoint's image processor does
+# (which may tile it); "square" padded to a grey square, centred, then one tile at the processor's
+# native size (no tiling), as the SLQ paper's reference code feeds InternVL.
+IMAGE_FITS = ("processor", "square")
+
+
+def check_image_fit(image_fit: str) -> str:
+    """`image_fit` if it is one of `IMAGE_FITS`, else a SettingError naming them."""
+    if image_fit not in IMAGE_FITS:
+        raise SettingError("image_fit", image_fit, f"must be one of {', '.join(IMAGE_FITS)}")
+    return image_fit
 
 
 @dataclass
@@ -98,13 +111,16 @@ class Backbone:
     """A frozen vision-language model (or text-only LM) with its tokenizer, image processor and family hooks."""
 
     def __init__(self, model, tokenizer, image_processor, family: Family, path: Path,
-                 max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
+                 max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, *, image_fit: str = "processor"):
+        if check_image_fit(image_fit) != "processor" and family.name == "text":
+            raise SettingError("image_fit", image_fit, f"{path} is a text-only backbone: it has no images to fit")
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.family = family
         self.path = path
         self.max_text_tokens = max_text_tokens
+        self.image_fit = image_fit
         self.tokenizer.padding_side = "left"  # queries must sit right after each row's last real token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -118,11 +134,13 @@ class Backbone:
 
     @classmethod
     def load(cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-             trust_remote_code: bool = False) -> Backbone:
+             trust_remote_code: bool = False, image_fit: str = "processor") -> Backbone:
         """Load a checkpoint folder through transformers' Auto classes, exactly as downloaded.
 
         A `.gguf` file is converted to a folder in slq's cache on first use (see `slq.gguf`).
+        `image_fit`: how images reach the vision tower (`IMAGE_FITS`).
         """
+        check_image_fit(image_fit)  # before minutes of loading
         from transformers import (
             AutoConfig,
             AutoImageProcessor,
@@ -161,7 +179,7 @@ class Backbone:
                 model.to(device)
             except (AssertionError, RuntimeError) as e:  # e.g. CUDA asked of a CPU-only torch
                 raise SettingError("device", str(device), str(e)) from None
-        return cls(model, tokenizer, image_processor, family, path)
+        return cls(model, tokenizer, image_processor, family, path, image_fit=image_fit)
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -263,11 +281,17 @@ class Backbone:
         return PrefixBatch(*self._tokenize(prompts))
 
     def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
-        """Images as user turns whose placeholder is expanded to the vision tower's token count."""
+        """Images as user turns whose placeholder is expanded to the vision tower's token count.
+
+        Under `image_fit="square"` each image is padded to a grey square first and given as one tile.
+        """
         if self.text_only:
             raise SLQError(f"{self.path}: a text-only backbone ({self.config.model_type}) cannot embed images; "
                            "use a dataset whose records have \"text\" targets")
-        inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images)
+        square = self.image_fit == "square"
+        if square:
+            images = [pad_to_square(image) for image in images]
+        inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images, one_tile=square)
         content = [{"type": "image"}] + ([{"type": "text", "text": instruction}] if instruction else [])
         template = self._prompt(content)
         token = self.family.image_token(self.config, self.tokenizer)
@@ -341,6 +365,7 @@ class Backbone:
         inputs = embeds.to(self.dtype).expand(b, -1, -1)  # (B, N, d)
         # no config: sliding-window layers would drop keys; the masks still apply the window
         cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
-        out = self.model.model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
-                               past_key_values=cache, use_cache=True)
+        with folded_gqa(self.config.get_text_config()):  # no per-head copies of the prompt's keys/values
+            out = self.model.model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions,
+                                   past_key_values=cache, use_cache=True)
         return out.last_hidden_state

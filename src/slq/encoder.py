@@ -41,18 +41,40 @@ class Encoder:
         """The tensors an optimiser updates, by a stable name (used in checkpoints)."""
         raise NotImplementedError
 
+    # --- training: an input's embedding in two halves -------------------------------------------
+    # `prepare_*` does whatever does not depend on the trainable tensors; `embed_prepared` the rest,
+    # differentiably. Baselines can only tokenise ahead (their whole forward trains); SLQ runs the
+    # frozen prompt ahead and keeps its keys/values, so a second `embed_prepared` on the same
+    # prepared batch is a query pass, not a forward. Chunked steps (`slq.train`) call each half
+    # separately; `embed_*` chains them.
+
+    def prepare_texts(self, texts: Sequence[str], engine: str = "cached", cache=None):
+        """A text batch made ready for `embed_prepared`; `cache` is for methods that reuse prompts (SLQ)."""
+        return self.text_batch(texts)
+
+    def prepare_images(self, images: Sequence[ImageInput], engine: str = "cached", cache=None):
+        return self.image_batch(images)
+
+    def prepare_targets(self, records: Sequence[Record], engine: str = "cached", cache=None):
+        """What captions retrieve, made ready: images, or texts (text-pair datasets)."""
+        if records and isinstance(records[0], TextRecord):
+            return self.prepare_texts([r.text for r in records], engine, cache)
+        return self.prepare_images(records, engine, cache)
+
+    def embed_prepared(self, prepared, engine: str = "cached") -> torch.Tensor:
+        """(B, d) embeddings of what `prepare_*` returned, differentiable w.r.t. what trains."""
+        return self.embed(prepared, engine)
+
     def embed_texts(self, texts: Sequence[str], engine: str = "cached", cache=None) -> torch.Tensor:
-        """Training-time embedding of raw texts; `cache` is for methods that can reuse prompts (SLQ)."""
-        return self.embed(self.text_batch(texts), engine)
+        """Training-time embedding of raw texts."""
+        return self.embed_prepared(self.prepare_texts(texts, engine, cache), engine)
 
     def embed_images(self, images: Sequence[ImageInput], engine: str = "cached", cache=None) -> torch.Tensor:
-        return self.embed(self.image_batch(images), engine)
+        return self.embed_prepared(self.prepare_images(images, engine, cache), engine)
 
     def embed_targets(self, records: Sequence[Record], engine: str = "cached", cache=None) -> torch.Tensor:
         """Training-time embedding of what captions retrieve: images, or texts (text-pair datasets)."""
-        if records and isinstance(records[0], TextRecord):
-            return self.embed_texts([r.text for r in records], engine, cache)
-        return self.embed_images(records, engine, cache)
+        return self.embed_prepared(self.prepare_targets(records, engine, cache), engine)
 
     @property
     def trainable_parameters(self) -> int:

@@ -19,21 +19,24 @@ logger = logging.getLogger("slq")
 
 
 class PromptCache:
-    """Prompt states kept across epochs: in RAM (on the CPU, whatever the model's device) up to one byte
-    budget, then in a disk file up to another.
+    """Prompt states kept across epochs, in tiers: the model's device memory up to one byte budget
+    (`device_mb`, for a GPU with room to spare), then CPU memory up to another (`budget_mb`), then a
+    disk file up to a third (`disk_mb`).
 
     `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
-    when used. The disk file is unnamed (gone when the cache is, even after a crash) and read back as
-    a memory map, so the page cache serves repeated epochs. Nothing is evicted, so what is kept does
-    not depend on the order of lookups. Keys name prompts only, so a cache belongs to one backbone
-    and one query count (one training run).
+    when used. CPU copies of prompts for a CUDA model are pinned, so copying them back does not wait.
+    The disk file is unnamed (gone when the cache is, even after a crash) and read back as a memory
+    map, so the page cache serves repeated epochs. Nothing is evicted, so what is kept does not
+    depend on the order of lookups. Keys name prompts only, so a cache belongs to one backbone and
+    one query count (one training run).
     """
 
     def __init__(self, budget_mb: float, dtype: torch.dtype | None = None, *, disk_mb: float = 0.0,
-                 disk_dir: str | os.PathLike | None = None):
+                 disk_dir: str | os.PathLike | None = None, device_mb: float = 0.0):
         self.budget, self.disk_budget = int(budget_mb * 2**20), int(disk_mb * 2**20)
+        self.device_budget = int(device_mb * 2**20)
         self.dtype = dtype
-        self.used = self.disk_used = self.hits = self.misses = 0
+        self.used = self.disk_used = self.device_used = self.hits = self.misses = 0
         self._states: dict[tuple, PromptState] = {}
         self._on_disk: dict[tuple, tuple[int, torch.Size, torch.dtype, torch.Tensor]] = {}
         self._file = tempfile.TemporaryFile(prefix="slq-prompt-cache-", dir=disk_dir) if disk_mb > 0 else None
@@ -47,14 +50,19 @@ class PromptCache:
         return state
 
     def put(self, key: tuple, state: PromptState) -> None:
+        """Keep a copy of `state` (which may be a view of its batch) in the first tier with room."""
         if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch
             return
         nbytes = 2 * state.keys.numel() * (self.dtype or state.keys.dtype).itemsize  # as stored
-        if self.used + nbytes <= self.budget:
-            self._states[key] = state.to(self.dtype, "cpu")
+        on_gpu = state.keys.device.type == "cuda"
+        if self.device_used + nbytes <= self.device_budget:  # where the model runs (on a CPU model: RAM too)
+            self._states[key] = state.copy(self.dtype)
+            self.device_used += nbytes
+        elif self.used + nbytes <= self.budget:
+            self._states[key] = state.copy(self.dtype, "cpu", pin_memory=on_gpu)
             self.used += nbytes
         elif self._file is not None and self.disk_used + nbytes <= self.disk_budget:
-            self._write(key, state.to(self.dtype, "cpu"))
+            self._write(key, state.copy(self.dtype, "cpu"))
 
     def _write(self, key: tuple, state: PromptState) -> None:
         """Append a state to the file; if the disk fails (full, say), keep training with what is kept."""
@@ -81,5 +89,5 @@ class PromptCache:
 
     def stats(self) -> dict:
         """Size and hit counts, for a run's record."""
-        return {"prompts": len(self), "mb": round(self.used / 2**20, 1), "disk_mb": round(self.disk_used / 2**20, 1),
-                "hits": self.hits, "misses": self.misses}
+        return {"prompts": len(self), "device_mb": round(self.device_used / 2**20, 1), "mb": round(self.used / 2**20, 1),
+                "disk_mb": round(self.disk_used / 2**20, 1), "hits": self.hits, "misses": self.misses}

@@ -87,9 +87,14 @@ class PromptState:
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> PromptState:
-        return PromptState(self.keys.to(device, dtype), self.values.to(device, dtype),
-                           self.query_positions.to(device))
+    def copy(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None, *,
+             pin_memory: bool = False) -> PromptState:
+        """A copy of its own (never a view of a bigger batch), in `dtype` on `device`; `pin_memory` for
+        host copies that a GPU reads back without waiting."""
+        def moved(t: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(t.shape, dtype=dtype or t.dtype, device=device or t.device, pin_memory=pin_memory)
+            return out.copy_(t)
+        return PromptState(moved(self.keys), moved(self.values), self.query_positions.to(device or "cpu", copy=True))
 
 
 @dataclass
@@ -101,17 +106,16 @@ class PromptBatch:
     attention_mask: torch.Tensor  # (B, L), 0 at left padding
     query_positions: torch.Tensor  # (B, N_q) or (3, B, N_q)
 
-    def split(self, device: torch.device | str = "cpu") -> list[PromptState]:
-        """One `PromptState` per prompt, padding dropped, copied to `device` (for keeping across epochs:
-        the cache keeps prompts in CPU memory, so a GPU batch is copied there once, not cloned first)."""
+    def split(self) -> list[PromptState]:
+        """One `PromptState` per prompt, padding dropped: views of one stacked copy on the batch's device
+        (whoever keeps one copies it where it belongs: `PromptCache.put`)."""
         if len({k.shape for k in self.keys}) > 1:
             raise SettingError("prompt_cache_mb", rule="this model's layers keep keys of different shapes, which "
                                "the prompt cache cannot stack; train without a prompt cache")
         keys, values = torch.stack(self.keys), torch.stack(self.values)  # (layers, B, kv, L, hd)
         prefix_len = keys.shape[-2]
-        return [PromptState(*(t.to(device, copy=True) for t in (keys[:, row, :, prefix_len - real:],
-                                                                  values[:, row, :, prefix_len - real:],
-                                                                  self.query_positions[..., row, :])))
+        return [PromptState(keys[:, row, :, prefix_len - real:], values[:, row, :, prefix_len - real:],
+                            self.query_positions[..., row, :])
                 for row, real in enumerate(self.attention_mask.sum(-1).tolist())]
 
     @classmethod
@@ -122,9 +126,9 @@ class PromptBatch:
         keys = torch.zeros((layers, len(states), kv_heads, longest, head_dim), dtype=dtype, device=device)
         values = torch.zeros_like(keys)
         mask = torch.zeros(len(states), longest, dtype=torch.long, device=device)
-        for row, state in enumerate(states):
-            keys[:, row, :, longest - state.length:] = state.keys
-            values[:, row, :, longest - state.length:] = state.values
+        for row, state in enumerate(states):  # from pinned host memory these copies do not wait for each other
+            keys[:, row, :, longest - state.length:].copy_(state.keys, non_blocking=True)
+            values[:, row, :, longest - state.length:].copy_(state.values, non_blocking=True)
             mask[row, longest - state.length:] = 1
         positions = torch.stack([s.query_positions.to(device) for s in states], dim=-2)
         return cls(keys.unbind(0), values.unbind(0), mask, positions)

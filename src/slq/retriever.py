@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from .adapter import AdapterConfig, backbone_mismatch, load_adapter, save_adapter
-from .backbone import Backbone, PrefixBatch
+from .backbone import Backbone, PrefixBatch, check_image_fit
 from .data import ImageRecord
 from .encoder import Encoder, ImageInput
 from .errors import AdapterError
@@ -34,12 +34,23 @@ class SLQRetriever(Encoder):
     def from_pretrained(cls, backbone_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None = None, *,
                         num_queries: int = 20, seed: int = 0, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
-                        ) -> SLQRetriever:
-        """Load a backbone folder and, if given, a trained adapter (else fresh queries to train)."""
-        backbone = Backbone.load(backbone_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        if adapter_dir is None:
+                        image_fit: str | None = None) -> SLQRetriever:
+        """Load a backbone folder and, if given, a trained adapter (else fresh queries to train).
+
+        `image_fit` (`Backbone.image_fit`): by default the adapter's, else "processor"; an adapter is
+        refused under another one, since its queries learnt images fitted its way.
+        """
+        if image_fit is not None:
+            check_image_fit(image_fit)
+        config, weights = load_adapter(adapter_dir) if adapter_dir is not None else (None, None)
+        if config is not None and image_fit not in (None, config.image_fit):
+            raise AdapterError(f"{adapter_dir}: adapter was trained with image_fit {config.image_fit!r}, not "
+                               f"{image_fit!r}; load it with its own")
+        image_fit = image_fit or (config.image_fit if config is not None else "processor")
+        backbone = Backbone.load(backbone_dir, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                 image_fit=image_fit)
+        if config is None:
             return cls.fresh(backbone, num_queries, seed)
-        config, weights = load_adapter(adapter_dir)
         why = backbone_mismatch(config.backbone, backbone.fingerprint())
         if not why and config.hidden_size != backbone.hidden_size:
             why = f"queries of width {config.hidden_size}, backbone hidden size {backbone.hidden_size}"
@@ -60,6 +71,7 @@ class SLQRetriever(Encoder):
         config = AdapterConfig(
             num_queries=self.queries.num_queries, hidden_size=self.backbone.hidden_size,
             backbone=self.backbone.fingerprint(), temperature=float(self.temperature), training=training or {},
+            image_fit=self.backbone.image_fit,
         )
         return save_adapter(adapter_dir, self.queries.weight, config)
 
@@ -69,19 +81,30 @@ class SLQRetriever(Encoder):
     def embed(self, batch: PrefixBatch, engine: str = "cached") -> torch.Tensor:
         return pool(query_states(self.backbone, batch, self.queries.weight, engine=engine))
 
-    def embed_texts(self, texts: Sequence[str], engine: str = "cached", cache: PromptCache | None = None):
-        return self._embed_cached([("text", t) for t in texts], texts, self.text_batch, engine, cache)
+    def prepare_texts(self, texts: Sequence[str], engine: str = "cached", cache: PromptCache | None = None):
+        return self._prepare_prompts([("text", t) for t in texts], texts, self.text_batch, engine, cache)
 
-    def embed_images(self, images: Sequence[ImageInput], engine: str = "cached", cache: PromptCache | None = None):
+    def prepare_images(self, images: Sequence[ImageInput], engine: str = "cached", cache: PromptCache | None = None):
         keys = [("image", str(im.image if isinstance(im, ImageRecord) else im))
                 if not isinstance(im, Image.Image) else None for im in images]  # a PIL image has no stable key
-        return self._embed_cached(keys, images, self.image_batch, engine, cache)
+        return self._prepare_prompts(keys, images, self.image_batch, engine, cache)
 
-    def _embed_cached(self, keys: list, items: Sequence, prepare: Callable, engine: str,
-                      cache: PromptCache | None) -> torch.Tensor:
-        """The cached engine on prompt states, running only the prompts the cache does not hold."""
-        if engine != "cached" or cache is None:
-            return self.embed(prepare(items), engine)
+    def embed_prepared(self, prepared: PromptBatch | PrefixBatch, engine: str = "cached") -> torch.Tensor:
+        if isinstance(prepared, PromptBatch):  # the cached engine: only the queries run
+            return pool(queries_on_prompts(self.backbone, prepared, self.queries.weight))
+        return self.embed(prepared, engine)
+
+    @torch.no_grad()
+    def _prepare_prompts(self, keys: list, items: Sequence, prepare: Callable, engine: str,
+                         cache: PromptCache | None) -> PromptBatch | PrefixBatch:
+        """The cached engine's first half: the prompts' keys/values, running only those `cache` lacks.
+
+        The naive engine has nothing to run ahead: its batch goes whole through `embed`.
+        """
+        if engine != "cached":
+            return prepare(items)
+        if cache is None:
+            return run_prompts(self.backbone, prepare(items), self.queries.num_queries)
         positions: dict = {}  # a prompt that appears twice in the batch is looked up and run once
         for i, key in enumerate(keys):
             positions.setdefault(key if key is not None else ("unkeyed", i), []).append(i)
@@ -93,7 +116,6 @@ class SLQRetriever(Encoder):
                 missing.append(key)
             for i in rows:
                 states[i] = state
-        prompts = None
         if missing:
             fresh = run_prompts(self.backbone, prepare([items[positions[k][0]] for k in missing]),
                                 self.queries.num_queries)
@@ -103,7 +125,5 @@ class SLQRetriever(Encoder):
                 if key[0] != "unkeyed":
                     cache.put(key, state)
             if len(missing) == len(items):
-                prompts = fresh  # nothing was kept yet and no prompt repeats: the batch as run, no re-join
-        if prompts is None:
-            prompts = PromptBatch.join(states, self.backbone.dtype, self.backbone.device)
-        return pool(queries_on_prompts(self.backbone, prompts, self.queries.weight))
+                return fresh  # nothing was kept yet and no prompt repeats: the batch as run, no re-join
+        return PromptBatch.join(states, self.backbone.dtype, self.backbone.device)

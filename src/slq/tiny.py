@@ -264,6 +264,25 @@ def _deep_merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
+def tiny_parts(family: str, *, vocab_size: int = 512, config_overrides: dict | None = None,
+               image_processor_overrides: dict | None = None, corpus: Sequence[str] = ()):
+    """(config, tokenizer, image processor or None) of a tiny `family` checkpoint, without its weights: a
+    benchmark can then build a random model of any size directly on its device."""
+    if family not in RECIPES:
+        raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
+    recipe = RECIPES[family]
+    tokenizer = _train_tokenizer(recipe, vocab_size, corpus)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
+    config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
+    config = config_class(**_deep_merge(config_kwargs, config_overrides or {}))
+    image_processor = None
+    if recipe.make_image_processor is not None:
+        image_processor = recipe.make_image_processor()
+        if image_processor_overrides:
+            image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
+    return config, tokenizer, image_processor
+
+
 def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
                      config_overrides: dict | None = None, image_processor_overrides: dict | None = None,
                      corpus: Sequence[str] = (), overwrite: bool = False) -> Path:
@@ -277,22 +296,14 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, *, seed: int = 0, 
         raise SLQError(f"unknown family {family!r}; choose one of: {', '.join(TINY_FAMILIES)}")
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    recipe = RECIPES[family]
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SettingError("overwrite", rule=f"{out} exists and is not empty; choose a new folder or overwrite it")
-    tokenizer = _train_tokenizer(recipe, vocab_size, corpus)
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in recipe.special_tokens}
-    config_class, config_kwargs = recipe.make_config(ids, len(tokenizer))
-    config = config_class(**_deep_merge(config_kwargs, config_overrides or {}))
-    writers = []
-    if recipe.make_image_processor is not None:
-        image_processor = recipe.make_image_processor()
-        if image_processor_overrides:
-            image_processor = type(image_processor)(**_deep_merge(image_processor.to_dict(), image_processor_overrides))
-        writers.append(image_processor.save_pretrained)
+    config, tokenizer, image_processor = tiny_parts(family, vocab_size=vocab_size, config_overrides=config_overrides,
+                                                    image_processor_overrides=image_processor_overrides, corpus=corpus)
+    writers = [image_processor.save_pretrained] if image_processor is not None else []
     torch.manual_seed(seed)
-    auto_model = AutoModelForImageTextToText if recipe.make_image_processor is not None else AutoModelForCausalLM
+    auto_model = AutoModelForImageTextToText if image_processor is not None else AutoModelForCausalLM
     model = auto_model.from_config(config)
     save_folder(out, model.save_pretrained, tokenizer.save_pretrained, *writers)
     return out

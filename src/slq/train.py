@@ -8,12 +8,14 @@ the CPU, and a run resumed from a checkpoint continues with exactly the batches 
 
 Checkpoints (trainable tensors, temperature, optimizer state, step, history) live in `checkpoint/`
 inside the output folder, as safetensors + JSON (nothing is ever unpickled), and a kill at any
-instant leaves one that resumes.
+instant leaves one that resumes. They are on by default (each epoch's end and every ten minutes of
+training), because long runs on shared GPUs get preempted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,7 +37,10 @@ from .loss import MAX_TEMPERATURE, MIN_TEMPERATURE, ContrastiveLoss
 from .prompt_cache import PromptCache
 from .queries import ENGINES
 
+logger = logging.getLogger("slq")
+
 CHECKPOINT_DIR = "checkpoint"
+PAIRS = ("one", "all")  # an epoch: every image once (one random caption), or every (image, caption) pair
 PROMPT_CACHE_DTYPES = (None, "float16", "bfloat16")  # storage of kept prompt keys/values (None: the model's)
 
 
@@ -52,11 +57,26 @@ class TrainConfig:
                                              "tenth of the run))")
     temperature: float = setting(0.07, "initial InfoNCE temperature (learned)")
     seed: int = setting(0, "seed of the data order, the caption choice and the query initialisation")
-    save_every: int = setting(0, "write a resumable checkpoint into OUT/checkpoint every N steps (0: only at the "
-                                 "end)")
+    pairs: str = setting("one", "what an epoch visits: one: every image once, with one of its captions drawn at "
+                                "random; all: every (image, caption) pair once, as the paper's reference code "
+                                "trains (an epoch is ~5 per image on COCO)", choices=PAIRS)
+    chunk_size: int = setting(0, "run each batch in chunks of this many pairs, so memory is bounded by the chunk, "
+                                 "not the batch, while the loss and gradients stay those of the whole batch "
+                                 "(SLQ: one extra pass of the queries only; LoRA/full: GradCache, one extra "
+                                 "forward); 0: the whole batch at once")
+    clip_grad_norm: float = setting(0.0, "clip the gradient's global norm to this before each step (the reference "
+                                         "code: 1.0; 0: off)")
+    save_every: int = setting(0, "also write a resumable checkpoint into OUT/checkpoint every N steps (0: off)")
+    save_minutes: float = setting(10.0, "write a resumable checkpoint into OUT/checkpoint after this many minutes "
+                                        "of training since the last one, so a killed run loses at most that "
+                                        "(0: off)")
+    save_epochs: bool = setting(True, "write a resumable checkpoint at the end of every epoch (default: on)")
     engine: str = setting("cached", "cached: the prompt runs once without grad and the backward pass covers only "
                                     "the queries; naive: one pass with grad over the whole sequence (for checking)",
                           choices=ENGINES)
+    prompt_cache_device_mb: float = setting(0.0, "with the cached engine, keep each prompt's keys/values across "
+                                                 "epochs in up to this many MB of the model's GPU memory first, "
+                                                 "then RAM (--prompt-cache-mb), then disk (0: off)")
     prompt_cache_mb: float = setting(0.0, "with the cached engine, keep each prompt's keys/values across epochs in "
                                           "up to this many MB of RAM, so later epochs run only the queries (0: off)")
     prompt_cache_disk_mb: float = setting(0.0, "keep prompts beyond the RAM budget in a temporary file of up to this "
@@ -81,15 +101,27 @@ class TrainConfig:
              "warmup_steps", "must be an integer >= 0")
         need(_is_number(self.temperature) and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
              f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+        need(self.pairs in PAIRS, "pairs", f"must be one of {', '.join(PAIRS)}")
+        need(_is_int(self.chunk_size) and self.chunk_size >= 0, "chunk_size", "must be an integer >= 0")
+        need(_is_number(self.clip_grad_norm) and self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0")
         need(_is_int(self.save_every) and self.save_every >= 0, "save_every", "must be an integer >= 0")
+        need(_is_number(self.save_minutes) and self.save_minutes >= 0, "save_minutes", "must be >= 0")
+        need(isinstance(self.save_epochs, bool), "save_epochs", "must be true or false")
         need(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}")
         need(_is_number(self.prompt_cache_mb) and self.prompt_cache_mb >= 0, "prompt_cache_mb", "must be >= 0")
         need(_is_number(self.prompt_cache_disk_mb) and self.prompt_cache_disk_mb >= 0, "prompt_cache_disk_mb",
              "must be >= 0")
         need(self.prompt_cache_dtype in PROMPT_CACHE_DTYPES, "prompt_cache_dtype",
              f"must be one of {', '.join(d for d in PROMPT_CACHE_DTYPES if d)}")
-        need(self.prompt_cache_dtype is None or self.prompt_cache_mb > 0 or self.prompt_cache_disk_mb > 0,
-             "prompt_cache_dtype", "needs a prompt cache: prompt_cache_mb or prompt_cache_disk_mb")
+        need(_is_number(self.prompt_cache_device_mb) and self.prompt_cache_device_mb >= 0, "prompt_cache_device_mb",
+             "must be >= 0")
+        need(self.prompt_cache_dtype is None or self.keeps_prompts, "prompt_cache_dtype",
+             "needs a prompt cache: prompt_cache_device_mb, prompt_cache_mb or prompt_cache_disk_mb")
+
+    @property
+    def keeps_prompts(self) -> bool:
+        """Whether prompts' keys/values are kept across epochs (a prompt cache with a budget)."""
+        return self.prompt_cache_device_mb > 0 or self.prompt_cache_mb > 0 or self.prompt_cache_disk_mb > 0
 
 
 def _is_int(value) -> bool:
@@ -111,27 +143,37 @@ class TrainResult:
 class BatchPlan:
     """Which images and which of their captions make up each step, for this process.
 
-    A step's global batch is `batch_size × world_size` pairs; process `rank` takes its slice, so
-    W processes see exactly the pairs one process with the global batch would.
+    An epoch visits every image once with one caption drawn at random (`pairs="one"`), or every
+    (image, caption) pair once (`pairs="all"`). A step's global batch is `batch_size × world_size`
+    pairs; process `rank` takes its slice, so W processes see exactly the pairs one process with the
+    global batch would.
     """
 
     def __init__(self, dataset: ImageTextDataset, config: TrainConfig, rank: int = 0, world_size: int = 1):
         self.global_batch = config.batch_size * world_size
-        if self.global_batch > len(dataset):
+        self.units = [(i, c) for i, r in enumerate(dataset.records) for c in range(len(r.captions))] \
+            if config.pairs == "all" else None  # (record, caption) pairs, in a fixed order
+        size = len(self.units) if self.units is not None else len(dataset)
+        if self.global_batch > size:
             across = f" once each of {world_size} processes takes a batch" if world_size > 1 else ""
-            raise SettingError("batch_size", config.batch_size, f"is larger than the training set ({len(dataset)} "
-                               f"records in {dataset.name}){across}")
-        self.dataset, self.config, self.rank = dataset, config, rank
-        self.steps_per_epoch = len(dataset) // self.global_batch  # drop the ragged tail: equal negatives per step
+            what = f"{size} (image, caption) pairs" if self.units is not None else f"{size} records"
+            raise SettingError("batch_size", config.batch_size, f"is larger than the training set ({what} in "
+                               f"{dataset.name}){across}")
+        self.dataset, self.config, self.rank, self.size = dataset, config, rank, size
+        self.steps_per_epoch = size // self.global_batch  # drop the ragged tail: equal negatives per step
         self.total_steps = self.steps_per_epoch * config.epochs
 
     def __call__(self, step: int) -> tuple[list, list[str]]:
         epoch, within = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(self.dataset), generator=seeded_generator("slq-train", self.config.seed, epoch))
+        order = torch.randperm(self.size, generator=seeded_generator("slq-train", self.config.seed, epoch))
         picked = order[within * self.global_batch:(within + 1) * self.global_batch].tolist()
-        choice = seeded_generator("slq-train", self.config.seed, epoch, within, "captions")
-        records = [self.dataset.records[i] for i in picked]
-        texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
+        if self.units is not None:
+            records = [self.dataset.records[self.units[u][0]] for u in picked]
+            texts = [r.captions[self.units[u][1]] for r, u in zip(records, picked)]
+        else:
+            choice = seeded_generator("slq-train", self.config.seed, epoch, within, "captions")
+            records = [self.dataset.records[i] for i in picked]
+            texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
         mine = slice(self.rank * self.config.batch_size, (self.rank + 1) * self.config.batch_size)
         return records[mine], texts[mine]
 
@@ -189,11 +231,15 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+# Settings that change how a run computes or saves, not what it learns: a resumed run may change them.
+HOW_NOT_WHAT = ("save_every", "save_minutes", "save_epochs", "engine", "chunk_size", "prompt_cache_device_mb",
+                "prompt_cache_mb", "prompt_cache_disk_mb", "prompt_cache_dtype")
+
+
 def _run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
     """What a checkpoint must share with the run resuming it: data order, schedule, model, processes."""
-    same = {k: v for k, v in asdict(config).items() if k not in ("save_every", "engine", "prompt_cache_mb",
-                                                                   "prompt_cache_disk_mb", "prompt_cache_dtype")}
-    return {**same, "world_size": world_size, "train_images": len(dataset),
+    same = {k: v for k, v in asdict(config).items() if k not in HOW_NOT_WHAT}
+    return {**same, "world_size": world_size, "train_images": len(dataset), "image_fit": encoder.backbone.image_fit,
             "backbone": encoder.backbone.fingerprint()["config_sha256"],
             "trainable": sorted(encoder.trainable_tensors())}
 
@@ -205,7 +251,9 @@ def _load_checkpoint(folder: Path, encoder: Encoder, loss_fn: ContrastiveLoss,
         saved = meta["run"]
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise SLQError(f"{folder}: cannot resume from this checkpoint: {type(e).__name__}: {e}") from None
-    differ = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in run.items() if saved.get(k) != v]
+    defaults = {**asdict(TrainConfig()), "image_fit": "processor"}  # what a setting added since meant then
+    differ = [f"{k} {saved.get(k, defaults.get(k))!r} -> {v!r}" for k, v in run.items()
+              if saved.get(k, defaults.get(k)) != v]
     if differ:
         raise SLQError(f"{folder}: resuming needs the checkpointed run's settings; these differ: {'; '.join(differ)}")
     try:
@@ -231,22 +279,54 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
 
 
 def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
-               targets: list, engine: str = "cached", cache: PromptCache | None = None) -> float:
+               targets: list, engine: str = "cached", cache: PromptCache | None = None, *, chunk_size: int = 0,
+               clip_grad_norm: float = 0.0) -> float:
     """One optimisation step on B aligned (caption, target) pairs; returns the loss.
 
-    Targets are image records (or images), or `TextRecord`s for a text-pair dataset.
-
-    With a `cache`, prompts already run in an earlier epoch are not run again (SLQ, cached engine).
+    Targets are image records (or images), or `TextRecord`s for a text-pair dataset. With a `cache`,
+    prompts already run in an earlier epoch are not run again (SLQ, cached engine). `chunk_size`
+    bounds memory by the chunk (see `contrastive_backward`).
     """
-    text_emb = encoder.embed_texts(texts, engine, cache)  # (B, d)
-    target_emb = encoder.embed_targets(targets, engine, cache)  # (B, d)
-    loss = loss_fn(text_emb, target_emb)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size)
+    trainable = list(encoder.trainable_tensors().values())
     if loss_fn.world_size > 1:
-        sync_gradients(list(encoder.trainable_tensors().values()), loss_fn.log_temperature, loss_fn.world_size)
+        sync_gradients(trainable, loss_fn.log_temperature, loss_fn.world_size)
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_([*trainable, loss_fn.log_temperature], clip_grad_norm)
     optimizer.step()
     return loss.item()
+
+
+def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list[str], targets: list,
+                         engine: str = "cached", cache: PromptCache | None = None, chunk_size: int = 0,
+                         ) -> torch.Tensor:
+    """The batch's loss, its gradient accumulated into what trains (and the temperature).
+
+    With `chunk_size` smaller than the batch, the step runs in chunks, as GradCache does: every
+    chunk's embeddings are computed without grad, the loss and its gradient with respect to the
+    embeddings use the whole batch, then each chunk's embeddings are recomputed with grad and
+    back-propagated with their slice of that gradient. Memory is bounded by the chunk, and the
+    gradients equal the whole batch's. What `prepare_*` returns is computed once and reused by both
+    passes: for SLQ the prompts' keys/values, so the recomputation is a pass of the queries only,
+    never a second forward; for LoRA and full fine-tuning it is the full forward again.
+    """
+    if not chunk_size or chunk_size >= len(texts):
+        loss = loss_fn(encoder.embed_texts(texts, engine, cache), encoder.embed_targets(targets, engine, cache))
+        loss.backward()
+        return loss.detach()
+    spans = [slice(start, start + chunk_size) for start in range(0, len(texts), chunk_size)]
+    prepared = [(encoder.prepare_texts(texts[s], engine, cache), encoder.prepare_targets(targets[s], engine, cache))
+                for s in spans]
+    with torch.no_grad():
+        text_emb = torch.cat([encoder.embed_prepared(t, engine) for t, _ in prepared]).requires_grad_()  # (B, d)
+        target_emb = torch.cat([encoder.embed_prepared(i, engine) for _, i in prepared]).requires_grad_()
+    loss = loss_fn(text_emb, target_emb)
+    loss.backward()  # the temperature's gradient, and the loss's gradient at every embedding
+    for span, (text_part, target_part) in zip(spans, prepared):
+        torch.autograd.backward([encoder.embed_prepared(text_part, engine), encoder.embed_prepared(target_part, engine)],
+                                [text_emb.grad[span], target_emb.grad[span]])
+    return loss.detach()
 
 
 def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
@@ -270,23 +350,30 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
     optimizer = make_optimizer(encoder, loss_fn, config)
     result = TrainResult(steps=plan.total_steps)
     cache = None
-    if config.engine == "cached" and (config.prompt_cache_mb > 0 or config.prompt_cache_disk_mb > 0):
+    if config.engine == "cached" and config.keeps_prompts:
         dtype = getattr(torch, config.prompt_cache_dtype) if config.prompt_cache_dtype else None
-        cache = PromptCache(config.prompt_cache_mb, dtype, disk_mb=config.prompt_cache_disk_mb)
+        cache = PromptCache(config.prompt_cache_mb, dtype, disk_mb=config.prompt_cache_disk_mb,
+                            device_mb=config.prompt_cache_device_mb)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir is not None else None
     start = 0
     if resume:
-        if checkpoint is None or not (checkpoint / "state.json").is_file():
-            raise SettingError("resume", rule=f"no checkpoint to resume from in {checkpoint_dir}")
-        start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result, run)
+        if checkpoint is None:
+            raise SettingError("resume", rule="needs a checkpoint folder to resume from")
+        if (checkpoint / "state.json").is_file():
+            start = _load_checkpoint(checkpoint, encoder, loss_fn, optimizer, result, run)
+            logger.info("resuming at step %d of %d from %s", start, plan.total_steps, checkpoint)
+        elif rank == 0:  # a job script may always pass resume: the first attempt has nothing to resume
+            logger.info("nothing to resume in %s: starting afresh", checkpoint_dir)
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=(None if progress is None else not progress) if rank == 0 else True)
+    last_save = time.monotonic()
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
-        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache)
+        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache,
+                          chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm)
         result.train_seconds += time.perf_counter() - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}
@@ -295,15 +382,25 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
         bar.update(1)
         if on_step is not None:
             on_step(entry)
-        last = step + 1 == plan.total_steps
-        if checkpoint is not None and rank == 0 and (last or (config.save_every and (step + 1) % config.save_every == 0)):
+        if checkpoint is not None and rank == 0 and _checkpoint_due(step + 1, plan, config, last_save):
             _save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result, run)
+            last_save = time.monotonic()
     bar.close()
     if cache is not None:
         result.prompt_cache = cache.stats()
     if hasattr(encoder, "temperature"):
         encoder.temperature = loss_fn.temperature.item()
     return result
+
+
+def _checkpoint_due(done: int, plan: BatchPlan, config: TrainConfig, last_save: float) -> bool:
+    """After `done` steps: at the end, at an epoch's end, every `save_every` steps, or `save_minutes` after
+    the last checkpoint. Checkpoints on by default, so a run killed with default settings loses at most
+    an epoch or a few minutes of training."""
+    return (done == plan.total_steps
+            or (config.save_epochs and done % plan.steps_per_epoch == 0)
+            or bool(config.save_every and done % config.save_every == 0)
+            or bool(config.save_minutes and time.monotonic() - last_save >= 60 * config.save_minutes))
 
 
 def train_settings(config: TrainConfig, dataset: ImageTextDataset, result: TrainResult) -> dict:

@@ -32,7 +32,8 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 @pytest.mark.parametrize("command,config,skip", [
-    (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every",)), (("demo",), DemoConfig, ("seed",)),
+    (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every", "save_minutes", "save_epochs")),
+    (("demo",), DemoConfig, ("seed",)),
     (("evidence",), EvidenceConfig, ()), (("data", "shapes"), WorldConfig, ()), (("data", "wordnet"), WordNetSplit, ()),
 ])
 def test_every_config_field_is_a_flag_with_the_config_default(command, config, skip):
@@ -42,7 +43,8 @@ def test_every_config_field_is_a_flag_with_the_config_default(command, config, s
             assert f.name not in options
             continue
         action = options[f.name]
-        assert action.option_strings == [f"--{f.name.replace('_', '-')}"]
+        flag = f"--{f.name.replace('_', '-')}"
+        assert action.option_strings == ([flag, "--no-" + flag[2:]] if f.type == "bool" else [flag])
         assert action.default == f.default, (command, f.name)
         assert f.metadata["help"].split(" (")[0][:30] in action.help
 
@@ -110,3 +112,102 @@ def test_recipe_settings_are_checked_before_any_work(argv, message, capsys, tmp_
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"slq: error: {message}"
     assert not list(tmp_path.iterdir()), "nothing was written"
+
+
+def _stop_at_loading(monkeypatch) -> list:
+    """Replace the dataset loader with one that records its `max_captions` and stops the command."""
+    import slq.data
+    from slq.errors import SLQError
+
+    seen = []
+
+    def load_dataset(path, **kwargs):
+        seen.append(kwargs["max_captions"])
+        raise SLQError("stopped at loading")
+
+    monkeypatch.setattr(slq.data, "load_dataset", load_dataset)
+    return seen
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--train", "t.jsonl", "--out", "out"],
+    ["eval", "--data", "t.jsonl", "--adapter", "a"],
+    ["compare", "--train", "t.jsonl", "--test", "t.jsonl"],
+])
+def test_data_commands_pass_max_captions_to_the_loader(command, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    seen = _stop_at_loading(monkeypatch)
+    assert main([*command, "--backbone", "b", "--max-captions", "5"]) == 2
+    assert main([*command, "--backbone", "b"]) == 2
+    assert seen == [5, None] and "stopped at loading" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "--backbone", "b", "--max-captions", "0"])
+    assert "--max-captions: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def _words():
+    from slq.data import ImageTextDataset, TextRecord
+
+    return ImageTextDataset([TextRecord(text="w", captions=("a",), source="w:1")], "words")
+
+
+def test_eval_passes_its_tie_rule(monkeypatch, tmp_path):
+    import slq.cli.encode
+    import slq.evaluation.retrieval
+
+    seen = []
+
+    def evaluate(encoder, dataset, *, batch_size, ties):
+        seen.append(ties)
+        return {"t2i": {"R@1": 1.0}, "i2t": {"R@1": 1.0}, "n_images": 1, "n_texts": 1, "ties": ties}
+
+    monkeypatch.setattr(slq.cli.encode, "load_data", lambda *args: _words())
+    monkeypatch.setattr(slq.cli.encode, "retriever", lambda args, adapter: None)
+    monkeypatch.setattr(slq.evaluation.retrieval, "evaluate", evaluate)
+    for flags in (["--ties", "strict"], []):
+        assert main(["eval", "--backbone", "b", "--adapter", "a", "--data", "d.jsonl", *flags]) == 0
+    assert seen == ["strict", "average"]
+
+
+def test_compare_passes_its_tie_rule_to_every_evaluator(monkeypatch, tmp_path):
+    import slq.cli.compare
+    import slq.evaluation.compare
+
+    seen = []
+
+    def compare(backbone, train_data, methods, evaluators, **kwargs):
+        seen.append([ev.ties for ev in evaluators])
+        return {"methods": {}}
+
+    monkeypatch.setattr(slq.cli.compare, "load_data", lambda *args: _words())
+    monkeypatch.setattr(slq.evaluation.compare, "compare", compare)
+    argv = ["compare", "--backbone", "b", "--train", "t.jsonl", "--test", "t.jsonl", "--val", "v.jsonl"]
+    assert main([*argv, "--ties", "strict"]) == 0 and main(argv) == 0
+    assert seen == [["strict", "strict"], ["average", "average"]]
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--train", "t.jsonl", "--out", "out"],
+    ["eval", "--data", "t.jsonl", "--adapter", "a"],
+    ["embed", "--texts", "t.txt", "--adapter", "a", "--out", "e.npy"],
+    ["compare", "--train", "t.jsonl", "--test", "t.jsonl"],
+])
+def test_image_fit_reaches_every_backbone_load_only_when_given(command):
+    from slq.cli.options import load_options
+
+    parser = build_parser()
+    assert load_options(parser.parse_args([*command, "--backbone", "b", "--image-fit", "square"]))["image_fit"] == \
+        "square"
+    assert "image_fit" not in load_options(parser.parse_args([*command, "--backbone", "b"]))  # the adapter's
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--backbone", "b", "--image-fit", "stretch"])
+
+
+def test_a_bad_image_fit_for_the_backbone_is_reported_as_its_flag(tiny_dirs, tmp_path, capsys, monkeypatch):
+    import slq.cli.train
+
+    monkeypatch.setattr(slq.cli.train, "load_data", lambda *args: _words())
+    assert main(["train", "--backbone", str(tiny_dirs["gemma3_text"]), "--train", "x.jsonl", "--out",
+                 str(tmp_path / "out"), "--image-fit", "square"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("slq: error: --image-fit square: ")
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import SLQError
 from .options import (add_config_options, backbone_options, config_from_args, data_options, load_data, load_options,
-                      positive_int)
+                      positive_int, ties_option)
 
 
 def register(sub) -> None:
@@ -24,13 +24,14 @@ def register(sub) -> None:
                         "under evaluations.validation in the report, so settings are chosen without the test data")
     p.add_argument("--val-split", default=None, help="Karpathy files only: the split of --val (default: val)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
-    add_config_options(p, TrainConfig, skip=("save_every",))
+    add_config_options(p, TrainConfig, skip=("save_every", "save_minutes", "save_epochs"))
     p.add_argument("--baseline-lr", type=float, default=None, help="LoRA / full fine-tuning learning rate "
                                                                    "(default: --lr / 10)")
     p.add_argument("--baseline-epochs", type=positive_int, default=None,
                    help="LoRA / full fine-tuning epochs (default: --epochs)")
     p.add_argument("--eval-batch-size", type=positive_int, default=32,
                    help="items per forward pass when evaluating (default: 32)")
+    ties_option(p)
     p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
     p.add_argument("--isolate", action="store_true",
                    help="run each method in a process of its own and report its peak memory (peak_memory_mb)")
@@ -51,14 +52,14 @@ def run(args: argparse.Namespace) -> None:
                                baseline_config_for(config, args.baseline_lr, args.baseline_epochs))
     train_data = load_data(args, args.train, args.split, "train")
     evaluators = [RetrievalEvaluator(load_data(args, args.test, args.test_split, "test"),
-                                     batch_size=args.eval_batch_size)]
+                                     batch_size=args.eval_batch_size, ties=args.ties)]
     if args.val is not None:
         if args.val.resolve() == args.test.resolve() and (
                 args.val.suffix.lower() != ".json" or (args.val_split or "val") == (args.test_split or "test")):
             raise SLQError(f"--val and --test are the same data ({args.val}): choose settings on other data than "
                            "the data you report")
         evaluators.append(RetrievalEvaluator(load_data(args, args.val, args.val_split, "val"), "validation",
-                                             batch_size=args.eval_batch_size))
+                                             batch_size=args.eval_batch_size, ties=args.ties))
     report = compare(args.backbone, train_data, methods, evaluators, isolate=args.isolate or args.jobs > 1,
                      jobs=args.jobs, **load_options(args))
     print(format_comparison(report))

@@ -55,6 +55,10 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls, *, skip: typ
         text = f.metadata["help"]
         if "default" not in text:  # a help text that explains its default says it better
             text += f" (default: {'none' if default is None else default})"
+        if str(f.type) == "bool":  # a switch: --name / --no-name
+            parser.add_argument(flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=f.metadata["help"])
+            continue
         parser.add_argument(flag_of(f.name), dest=f.name, type=_value_type(str(f.type)), default=default,
                             choices=f.metadata.get("choices"), help=text, metavar=f.name.split("_")[-1].upper()
                             if not f.metadata.get("choices") else None)
@@ -67,6 +71,8 @@ def config_from_args(config_cls, args: argparse.Namespace, **fixed):
 
 
 def backbone_options(p: argparse.ArgumentParser) -> None:
+    from ..backbone import IMAGE_FITS
+
     p.add_argument("--backbone", required=True, type=Path,
                    help="checkpoint folder of the vision-language model or text-only causal LM, or a .gguf file "
                         "(converted once into slq's cache)")
@@ -74,13 +80,21 @@ def backbone_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cpu)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the checkpoint's own Python code to run (off by default)")
+    p.add_argument("--image-fit", choices=IMAGE_FITS, default=None,
+                   help="how an image reaches the vision tower: as the checkpoint's image processor makes it (processor; "
+                        "it may tile it) or padded to a grey square, centred, as one tile at the processor's size "
+                        "(square, as the SLQ paper's reference code feeds InternVL); default: the adapter's, else "
+                        "processor")
 
 
 def load_options(args) -> dict:
-    """What every backbone load of a command takes from its backbone options."""
+    """What every backbone load of a command takes from its backbone options; `image_fit` only when
+    given, so that an adapter's own applies by default."""
     import torch
 
-    return {"dtype": getattr(torch, args.dtype), "device": args.device, "trust_remote_code": args.trust_remote_code}
+    given = {"image_fit": args.image_fit} if args.image_fit is not None else {}
+    return {"dtype": getattr(torch, args.dtype), "device": args.device, "trust_remote_code": args.trust_remote_code,
+            **given}
 
 
 def bad_record_option(p: argparse.ArgumentParser) -> None:
@@ -97,7 +111,18 @@ def data_options(p: argparse.ArgumentParser, flag: str, what: str, default_split
                    help="Karpathy files only: folder the image paths are relative to (default: the file's folder)")
     p.add_argument("--split", default=None, help=f"Karpathy files only: train, val, test, restval or train+restval "
                                                  f"(default: {default_split})")
+    p.add_argument("--max-captions", type=positive_int, default=None, metavar="N",
+                   help="keep the first N captions of each image of every dataset the command reads (the standard "
+                        "COCO/Flickr test protocol: 5; default: all)")
     bad_record_option(p)
+
+
+def ties_option(p: argparse.ArgumentParser) -> None:
+    from ..evaluation.metrics import TIE_RULES
+
+    p.add_argument("--ties", choices=TIE_RULES, default="average",
+                   help="a score tied with a query's best positive: counted as random tie-breaking would on "
+                        "average (average, default: a collapsed model scores chance) or as a miss (strict)")
 
 
 def batch_option(p: argparse.ArgumentParser, default: int = 32) -> None:
@@ -112,7 +137,8 @@ def load_data(args, path: Path, split: str | None, default_split: str):
 
     if path.suffix.lower() == ".json" and split is None:
         split = default_split
-    dataset = load_dataset(path, image_root=args.image_root, split=split, on_bad_record=args.on_bad_record)
+    dataset = load_dataset(path, image_root=args.image_root, split=split, on_bad_record=args.on_bad_record,
+                           max_captions=args.max_captions)
     for skipped in dataset.skipped:
         logger.warning("skipped %s: %s", skipped.source, skipped.reason)
     if dataset.skipped:

@@ -21,7 +21,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="adapter folder to write")
     add_config_options(p, TrainConfig)
     resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    resume.add_argument("--resume", action="store_true",
+                        help="continue the run checkpointed in --out; with no checkpoint there, start afresh (so a "
+                             "job script that may be preempted can always pass it)")
     resume.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
     p.set_defaults(func=run)
 
@@ -49,8 +51,9 @@ def run(args: argparse.Namespace) -> None:
     settings["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
     if result.prompt_cache is not None:
         settings["prompt_cache"] = stats = result.prompt_cache
-        logger.info("prompt cache: %d prompts kept (%s MB in RAM, %s MB on disk), %d hits, %d misses",
-                    stats["prompts"], stats["mb"], stats["disk_mb"], stats["hits"], stats["misses"])
+        logger.info("prompt cache: %d prompts kept (%s MB on the device, %s MB in RAM, %s MB on disk), %d hits, "
+                    "%d misses", stats["prompts"], stats["device_mb"], stats["mb"], stats["disk_mb"], stats["hits"],
+                    stats["misses"])
     encoder.save(args.out, training=settings)
     print(f"slq: adapter written to {args.out} ({result.steps} steps, {result.train_seconds:.1f} s, "
           f"final loss {settings['final_loss']:.4f})")
