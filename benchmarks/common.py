@@ -46,6 +46,29 @@ def build_backbone_dir(args) -> Path:
                                                                 "longest_edge": side * side}})
 
 
+def random_backbone(args):
+    """A random Qwen2-VL of the config's size built directly on --device in --dtype: seconds, where
+    writing and reloading a multi-GB checkpoint takes minutes (--backbone loads a folder instead)."""
+    from slq.backbone import Backbone
+
+    if args.backbone:
+        return Backbone.load(args.backbone, dtype=getattr(torch, args.dtype), device=args.device)
+    from transformers import AutoModelForImageTextToText
+
+    from slq.families import family_for
+    from slq.tiny import tiny_parts
+
+    overrides = json.loads(Path(args.config).read_text()) if args.config else DEFAULT_OVERRIDES
+    side = args.image_side
+    config, tokenizer, processor = tiny_parts("qwen2_vl", vocab_size=2048, config_overrides=overrides,
+                                              image_processor_overrides={"size": {"shortest_edge": side * side,
+                                                                                  "longest_edge": side * side}})
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, args.dtype))
+    return Backbone(model, tokenizer, processor, family_for(config.model_type), Path("random-qwen2-vl"))
+
+
 def add_model_options(parser) -> None:
     parser.add_argument("--backbone", default=None, help="benchmark this checkpoint folder instead of a random model")
     parser.add_argument("--config", default=None,
@@ -64,8 +87,8 @@ def images(n: int, side: int, folder: Path) -> list[Path]:
     paths = []
     for i in range(n):
         pixels = (torch.rand(side, side, 3, generator=generator) * 255).byte().numpy()
-        paths.append(folder / f"{i:03d}.png")
-        Image.fromarray(pixels).save(paths[-1])
+        paths.append(folder / f"{i:05d}.png")
+        Image.fromarray(pixels).save(paths[-1], compress_level=1)  # noise does not compress: do not try hard
     return paths
 
 

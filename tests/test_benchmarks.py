@@ -50,3 +50,15 @@ def test_train_speed_with_prepared_inputs_and_the_disk_cache(tmp_path):
 def test_encode_speed_reports_ratio(tmp_path):
     summary = _run("encode_speed.py", tmp_path, "--n", "4", "--rounds", "1")
     assert summary["encode_over_forward"] > 0 and set(summary["seconds"]) == {"forward", "forward_queries", "encode"}
+
+
+def test_large_batch_reports_the_targets_ratios(tmp_path):
+    summary = _run("large_batch.py", tmp_path, "--large-batch", "4", "--chunk-size", "2", "--baseline-chunk-size", "2",
+                   "--epochs", "2", "--steps", "1", "--warmup", "1")
+    for key in ("slq_first_epoch_over_forward", "slq_later_epoch_over_forward", "stock_attention_over_folded_memory",
+                "slq_first_epoch_over_lora_gradcache", "slq_2_epochs_over_lora_gradcache",
+                "slq_later_epoch_over_forward_large"):
+        assert summary[key] > 0, key
+    runs = summary["results"]
+    assert len(runs["slq_run"]["step_seconds_each"]) == len(runs["lora_run"]["step_seconds_each"]) == 2
+    assert runs["slq_run"]["prompt_cache"]["hits"] == 8, "the second epoch ran on the kept prompts"
