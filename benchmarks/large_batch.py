@@ -95,8 +95,38 @@ def step_part(backbone, args, folder: Path) -> dict[str, dict]:
         results[name]["prompt_cache"] = cache.stats()
         del cache
         _free(args.device)
+    if args.profile or args.compile:
+        cache = PromptCache(0, device_mb=1e7)
+        later = slq_step(cache)
+        later()  # fills the cache: what follows is a later-epoch step
+        if args.profile:
+            results["slq_later_device"]["profile"] = _profile(later, args)
+        if args.compile:  # an experiment: the language model compiled, for the query pass alone
+            backbone.model.get_decoder().compile(dynamic=True)
+            results["slq_later_compiled"] = _measure("slq_later_compiled", later, args, warmup=2)
     results["forward"]["tokens"] = {"text": text_batch.input_ids.shape[1], "image": image_batch.input_ids.shape[1]}
     return results
+
+
+def _profile(step, args) -> dict:
+    """One step under torch.profiler: how long the device computed, against the step's wall time, and
+    how many kernels it launched (a step far longer than its kernels is bound by the host)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = args.device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in on_device) / 1e6
+    if cuda:
+        print(events.table(sort_by="self_device_time_total", row_limit=12), file=sys.stderr)
+    top = sorted(on_device, key=lambda e: -getattr(e, "self_device_time_total", 0))[:8]
+    return {"device_busy_seconds": busy, "kernel_launches": sum(e.count for e in on_device),
+            "top_kernels": [[e.key[:80], e.count, getattr(e, "self_device_time_total", 0) / 1e6] for e in top]}
 
 
 def _timed_run(name: str, encoder, dataset, config, args) -> dict:
@@ -200,12 +230,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per method in part step")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from: {', '.join(PARTS)}")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one later-epoch step: device busy time and kernel launches against its wall time")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time a later-epoch step with the language model under torch.compile (an experiment)")
     args = parser.parse_args()
+    if args.compile and "run" in args.parts.split(","):
+        parser.error("--compile leaves the language model compiled: use it with --parts step")
     logging.getLogger("slq").setLevel(logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="slq-bench-large-"))
     backbone = common.random_backbone(args)
-    versions = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device.startswith("cuda")
-                else "cpu"}
+    import peft
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
     results: dict[str, dict] = {}
     parts = args.parts.split(",")
     if "step" in parts:

@@ -86,3 +86,27 @@ def test_other_attention_implementations_are_left_alone(backbones):
     with folded_gqa(config):
         assert config._attn_implementation != "sdpa"
     assert config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "internvl", "llava", "gemma3_text"])
+def test_the_folded_query_pass_gives_stock_states_in_every_family(backbones, family, monkeypatch):
+    """The same states with and without folding, in the families the copy test leaves out; Gemma 3's
+    tiny model has a sliding window (8) shorter than its prompts, so windowed masks are covered."""
+    import contextlib
+
+    import slq.backbone
+
+    backbone = backbones[family]
+    prompts = run_prompts(backbone, backbone.text_batch(["a red circle above a blue square to the left", "a cat"]), 6)
+    assert prompts.attention_mask.shape[1] > 8
+    queries = torch.randn(6, backbone.hidden_size)
+    folded = queries_on_prompts(backbone, prompts, queries)
+    monkeypatch.setattr(slq.backbone, "folded_gqa", lambda config: contextlib.nullcontext())
+    assert torch.allclose(folded, queries_on_prompts(backbone, prompts, queries), atol=1e-5)
+
+
+def test_an_exception_inside_restores_stock_attention(backbones):
+    config = backbones["qwen2_vl"].config.get_text_config()
+    with pytest.raises(RuntimeError), folded_gqa(config):
+        raise RuntimeError("a failing query pass")
+    assert config._attn_implementation == "sdpa"

@@ -219,6 +219,17 @@ def test_resume_without_a_checkpoint_starts_afresh(backbone, shapes_jsonl, unint
     assert _safetensors_parts(out / WEIGHTS_NAME)[1] == _safetensors_parts(uninterrupted / WEIGHTS_NAME)[1]
 
 
+def test_resume_on_an_adapter_without_a_checkpoint_is_refused(backbone, shapes_jsonl, uninterrupted, tmp_path):
+    """An adapter left by another run, without its checkpoint, is never silently retrained and overwritten."""
+    out = tmp_path / "adapter_only"
+    out.mkdir()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copy(uninterrupted / name, out / name)
+    proc = _run(_train_cmd(backbone, shapes_jsonl, out, "--resume"))
+    assert proc.returncode == 2 and "--overwrite" in _error_line(proc), proc.stderr
+    assert (out / WEIGHTS_NAME).read_bytes() == (uninterrupted / WEIGHTS_NAME).read_bytes()
+
+
 @pytest.mark.parametrize("damaged", ["tensors", "state.json"])
 def test_resume_from_a_truncated_checkpoint_names_it(backbone, shapes_jsonl, uninterrupted, tmp_path, damaged):
     out = tmp_path / "damaged"

@@ -97,7 +97,11 @@ def test_batch_larger_than_dataset_is_refused(shapes_jsonl):
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 1), ("num_queries", 0), ("temperature", 5.0),
                                          ("epochs", 0), ("warmup_steps", -1), ("prompt_cache_disk_mb", -1.0),
-                                         ("prompt_cache_dtype", "int8"), ("prompt_cache_dtype", "bfloat16")])
+                                         ("prompt_cache_dtype", "int8"), ("prompt_cache_dtype", "bfloat16"),
+                                         ("chunk_size", -1), ("chunk_size", 2.5), ("pairs", "every"),
+                                         ("clip_grad_norm", -1.0), ("clip_grad_norm", float("nan")),
+                                         ("save_minutes", -5.0), ("save_epochs", "yes"), ("compile", 1),
+                                         ("prompt_cache_device_mb", -1.0)])
 def test_bad_settings_name_the_setting_and_the_cli_its_flag(field, value):
     from slq.cli.options import flag_of
     from slq.errors import SettingError
@@ -206,6 +210,27 @@ def test_resume_refuses_changed_settings(tiny_dirs, shapes_jsonl, tmp_path):
               resume=True, progress=False)
     with pytest.raises(SLQError, match="warmup_steps 50: is longer than the run"):
         train(other, data, TrainConfig(num_queries=4, batch_size=8, warmup_steps=50), progress=False)
+    fewer_captions = load_jsonl(shapes_jsonl, max_captions=1)  # same images, other batches
+    with pytest.raises(SLQError, match="these differ: train_data"):
+        train(other, fewer_captions, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_a_checkpoint_written_before_a_setting_existed_still_resumes(tiny_dirs, shapes_jsonl, tmp_path):
+    """Settings added later (pairs, train_data, image_fit, ...) are absent from older checkpoints: their
+    defaults then stand in, and a run identity key without a default is not compared."""
+    import json
+
+    data = load_jsonl(shapes_jsonl)
+    retriever, config = _run(tiny_dirs, data, epochs=1)
+    train(retriever, data, config, checkpoint_dir=tmp_path, progress=False)
+    state = tmp_path / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    for key in ("pairs", "clip_grad_norm", "train_data", "image_fit"):
+        del meta["run"][key]
+    state.write_text(json.dumps(meta))
+    other, _ = _run(tiny_dirs, data)
+    train(other, data, config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert torch.equal(other.queries.weight, retriever.queries.weight)
 
 
 # --- chunked steps (GradCache) ------------------------------------------------------------------
@@ -350,3 +375,15 @@ def test_kept_prompts_are_copies_not_views_of_their_batch(backbones):
         assert all(torch.equal(a, b) for a, b in zip(before, after)), f"{tiers}: the kept state changed with its batch"
         used = {"device_mb": cache.device_used, "budget_mb": cache.used, "disk_mb": cache.disk_used}
         assert used[next(iter(tiers))] > 0 and sum(used.values()) == used[next(iter(tiers))], (tiers, used)
+
+
+def test_compiled_training_matches_eager_training(tiny_dirs, shapes_jsonl):
+    """--compile changes how the language model runs, not what it computes (the backbone stays frozen)."""
+    data = load_jsonl(shapes_jsonl)
+    runs = []
+    for compiled in (False, True):
+        retriever, config = _run(tiny_dirs, data, epochs=1, compile=compiled, prompt_cache_mb=64)
+        losses = [h["loss"] for h in train(retriever, data, config, progress=False).history]
+        runs.append((retriever.queries.weight.detach().clone(), losses))
+    assert runs[0][1] == pytest.approx(runs[1][1], abs=1e-4)
+    assert (runs[0][0] - runs[1][0]).abs().max() < 1e-4

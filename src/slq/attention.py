@@ -36,7 +36,8 @@ def folded_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     groups = getattr(module, "num_key_value_groups", 1)
     b, heads, q_len, head_dim = query.shape
     if (groups == 1 or attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1
-            or q_len >= key.shape[2] or any(kwargs.get(name) is not None for name in _UNSUPPORTED)):
+            or q_len >= key.shape[2] or b != key.shape[0] or value.shape[-1] != head_dim
+            or any(kwargs.get(name) is not None for name in _UNSUPPORTED)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     kv_heads = heads // groups

@@ -36,8 +36,9 @@ _VOLATILE_CONFIG_KEYS = {
 _PROBE_ROWS = 16
 DEFAULT_MAX_TEXT_TOKENS = 128
 # How an image becomes the vision tower's input: "processor" as the checkpoint's image processor does
-# (which may tile it); "square" padded to a grey square, centred, then one tile at the processor's
-# native size (no tiling), as the SLQ paper's reference code feeds InternVL.
+# (which may tile it); "square" padded to a grey square, centred, first, and families that tile
+# (InternVL, Idefics3) then give it as one tile at the processor's size, as the SLQ paper's reference
+# code feeds InternVL. Others process the square as usual (Qwen-VL at its native resolution).
 IMAGE_FITS = ("processor", "square")
 
 
@@ -180,6 +181,12 @@ class Backbone:
             except (AssertionError, RuntimeError) as e:  # e.g. CUDA asked of a CPU-only torch
                 raise SettingError("device", str(device), str(e)) from None
         return cls(model, tokenizer, image_processor, family, path, image_fit=image_fit)
+
+    def compile(self) -> None:
+        """Compile the language model in place with torch.compile (dynamic shapes, so prompts of any
+        length share graphs). A query pass runs a few tokens through every layer, so on a GPU it is
+        bound by kernel launches, which compiling fuses (measured in docs/performance.md)."""
+        self.model.get_decoder().compile(dynamic=True)
 
     # --- identity -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ def init_distributed(device: str | None) -> tuple[int, str | None]:
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
     return dist.get_rank(), device
 
 
@@ -54,3 +55,15 @@ def sync_gradients(tensors: list[torch.Tensor], temperature: torch.Tensor, world
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
     dist.all_reduce(temperature.grad, op=dist.ReduceOp.SUM)
     temperature.grad /= world_size
+
+
+def rank0_value(value, group=None):
+    """Rank 0's `value` on every process of `group` (`value` itself outside torch.distributed): one
+    decision for all, where processes looking for themselves could decide differently (a
+    node-local folder, a file system's caching)."""
+    rank, world_size = distributed_context()
+    if world_size == 1:
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]

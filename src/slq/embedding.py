@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from ._io import atomic_write
 from .adapter import backbone_mismatch
 from .data import ImageRecord, TextRecord
-from .distributed import distributed_context
+from .distributed import distributed_context, rank0_value
 from .encoder import Encoder
 from .errors import SettingError, SLQError
 
@@ -96,7 +96,11 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
         raise SLQError(f"{out} is a folder; the embeddings go to a .npy file")
     folder = work_folder(out)
     manifest = _manifest(encoder, items, kind, piece_size)
-    barrier = _barrier(world_size)
+    group = dist.new_group(backend="gloo") if world_size > 1 else None  # no GPU needed, also under NCCL
+
+    def barrier():
+        if group is not None:
+            dist.barrier(group=group)
 
     if rank == 0:
         _prepare(folder, manifest)
@@ -104,8 +108,10 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     if rank != 0:
         _check_same_job(folder, manifest, rank)
     spans = [(start, min(start + piece_size, len(items))) for start in range(0, len(items), piece_size)]
-    todo = [k for k, span in enumerate(spans) if not _finished(_piece_path(folder, k), span, encoder.dim, rank == 0)]
-    barrier()  # every process has listed the finished pieces before any writes one
+    todo = None
+    if rank == 0:  # one list for all: processes listing for themselves could see the folder differently
+        todo = [k for k, span in enumerate(spans) if not _finished(_piece_path(folder, k), span, encoder.dim)]
+    todo = rank0_value(todo, group) if group is not None else todo  # also a barrier: listed before any is written
     reused = len(spans) - len(todo)
     if rank == 0:
         logger.info("embedding %d %s in %d piece(s) of up to %d over %d process(es)%s", len(items), kind, len(spans),
@@ -125,28 +131,21 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     if rank == 0:
         _join(folder, spans, out, encoder.dim)
         shutil.rmtree(folder)
+    barrier()  # every process returns once `out` exists
     return CorpusEmbedding(out, len(items), encoder.dim, len(spans), reused, len(mine))
-
-
-def _barrier(world_size: int):
-    """A barrier over a gloo group of its own: it needs no GPU, also when the job's group is NCCL."""
-    if world_size == 1:
-        return lambda: None
-    group = dist.new_group(backend="gloo")
-    return lambda: dist.barrier(group=group)
 
 
 # --- the job's identity -------------------------------------------------------------------------
 
 def _manifest(encoder: Encoder, items: list, kind: str, piece_size: int) -> dict:
-    return {"format": _FORMAT, "kind": kind, "items": len(items), "items_sha256": items_sha256(items),
+    return {"format": _FORMAT, "kind": kind, "items": len(items), "items_sha256": items_sha256(items, kind),
             "piece_size": piece_size, "width": encoder.dim, "encoder_sha256": encoder_sha256(encoder),
             "backbone": encoder.backbone.fingerprint()}
 
 
-def items_sha256(items: Sequence) -> str:
-    """SHA-256 of the items in order: texts, absolute image paths, records' images or texts (not
-    the image files' content), pixels of PIL images."""
+def items_sha256(items: Sequence, kind: str = "texts") -> str:
+    """SHA-256 of the items in order: texts, absolute image paths (a string among `kind` "targets"
+    is a path), records' images or texts (not the image files' content), pixels of PIL images."""
     digest = hashlib.sha256()
     for item in items:
         if isinstance(item, Image.Image):
@@ -155,9 +154,9 @@ def items_sha256(items: Sequence) -> str:
             key = f"text-record:{item.text}"
         elif isinstance(item, ImageRecord):
             key = f"image:{os.path.abspath(item.image)}"
-        elif isinstance(item, str):
+        elif isinstance(item, str) and kind == "texts":
             key = f"str:{item}"
-        else:
+        else:  # a path: a different working directory must not make another job look the same
             key = f"image:{os.path.abspath(item)}"
         digest.update(json.dumps(key).encode() + b"\n")  # JSON escapes newlines: one line per item
     return digest.hexdigest()
@@ -172,6 +171,7 @@ def encoder_sha256(encoder: Encoder) -> str:
         "class": f"{type(encoder).__module__}.{type(encoder).__qualname__}", "dtype": str(backbone.dtype),
         "max_text_tokens": backbone.max_text_tokens, "image_fit": backbone.image_fit,
         "text_instruction": encoder.text_instruction, "image_instruction": encoder.image_instruction,
+        "pooling": getattr(encoder, "pooling", None),
     }, sort_keys=True).encode())
     for name, tensor in sorted(encoder.trainable_tensors().items()):
         digest.update(name.encode() + b"\0")
@@ -231,9 +231,9 @@ def _write_piece(folder: Path, k: int, rows: np.ndarray, shape: tuple[int, int])
     atomic_write(_piece_path(folder, k), buffer.getvalue())
 
 
-def _finished(path: Path, span: tuple[int, int], width: int, report: bool) -> bool:
-    """Whether `path` is a complete float32 piece of the right shape with finite values; `report`
-    logs why a present piece is not (one process speaks for all: they see the same files)."""
+def _finished(path: Path, span: tuple[int, int], width: int) -> bool:
+    """Whether `path` is a complete float32 piece of the right shape with finite values (a present
+    piece that is not is logged)."""
     try:
         rows = np.load(path, mmap_mode="r")
     except FileNotFoundError:
@@ -248,8 +248,7 @@ def _finished(path: Path, span: tuple[int, int], width: int, report: bool) -> bo
             why = "holds non-finite values"
         else:
             return True
-    if report:
-        logger.warning("%s %s; embedding it again", path, why)
+    logger.warning("%s %s; embedding it again", path, why)
     return False
 
 

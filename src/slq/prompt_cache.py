@@ -24,7 +24,8 @@ class PromptCache:
     disk file up to a third (`disk_mb`).
 
     `dtype` may halve the footprint (float16/bfloat16); states are cast back to the backbone's dtype
-    when used. CPU copies of prompts for a CUDA model are pinned, so copying them back does not wait.
+    when used. CPU copies of prompts for a CUDA model are pinned, so copying them back does not wait
+    (counted against the budget at the pinned allocator's rounded-up size).
     The disk file is unnamed (gone when the cache is, even after a crash) and read back as a memory
     map, so the page cache serves repeated epochs. Nothing is evicted, so what is kept does not
     depend on the order of lookups. Keys name prompts only, so a cache belongs to one backbone and
@@ -53,14 +54,16 @@ class PromptCache:
         """Keep a copy of `state` (which may be a view of its batch) in the first tier with room."""
         if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch
             return
-        nbytes = 2 * state.keys.numel() * (self.dtype or state.keys.dtype).itemsize  # as stored
+        half = state.keys.numel() * (self.dtype or state.keys.dtype).itemsize  # keys (or values) as stored
+        nbytes = 2 * half
         on_gpu = state.keys.device.type == "cuda"
+        host_nbytes = 2 * _power_of_two(half) if on_gpu else nbytes  # torch's pinned allocator rounds up
         if self.device_used + nbytes <= self.device_budget:  # where the model runs (on a CPU model: RAM too)
             self._states[key] = state.copy(self.dtype)
             self.device_used += nbytes
-        elif self.used + nbytes <= self.budget:
+        elif self.used + host_nbytes <= self.budget:
             self._states[key] = state.copy(self.dtype, "cpu", pin_memory=on_gpu)
-            self.used += nbytes
+            self.used += host_nbytes
         elif self._file is not None and self.disk_used + nbytes <= self.disk_budget:
             self._write(key, state.copy(self.dtype, "cpu"))
 
@@ -91,3 +94,8 @@ class PromptCache:
         """Size and hit counts, for a run's record."""
         return {"prompts": len(self), "device_mb": round(self.device_used / 2**20, 1), "mb": round(self.used / 2**20, 1),
                 "disk_mb": round(self.disk_used / 2**20, 1), "hits": self.hits, "misses": self.misses}
+
+
+def _power_of_two(n: int) -> int:
+    """The smallest power of two >= n: what torch's caching host allocator reserves for n pinned bytes."""
+    return 1 << max(0, n - 1).bit_length()

@@ -32,7 +32,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 @pytest.mark.parametrize("command,config,skip", [
-    (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every", "save_minutes", "save_epochs")),
+    (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every", "save_minutes", "save_epochs", "compile")),
     (("demo",), DemoConfig, ("seed",)),
     (("evidence",), EvidenceConfig, ()), (("data", "shapes"), WorldConfig, ()), (("data", "wordnet"), WordNetSplit, ()),
 ])

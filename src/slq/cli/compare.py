@@ -24,7 +24,7 @@ def register(sub) -> None:
                         "under evaluations.validation in the report, so settings are chosen without the test data")
     p.add_argument("--val-split", default=None, help="Karpathy files only: the split of --val (default: val)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
-    add_config_options(p, TrainConfig, skip=("save_every", "save_minutes", "save_epochs"))
+    add_config_options(p, TrainConfig, skip=("save_every", "save_minutes", "save_epochs", "compile"))
     p.add_argument("--baseline-lr", type=float, default=None, help="LoRA / full fine-tuning learning rate "
                                                                    "(default: --lr / 10)")
     p.add_argument("--baseline-epochs", type=positive_int, default=None,

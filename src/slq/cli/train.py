@@ -29,6 +29,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..adapter import CONFIG_NAME
     from ..distributed import init_distributed
     from ..train import CHECKPOINT_DIR, TrainConfig, train, train_settings
 
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> None:
     if (args.out / CHECKPOINT_DIR).exists() and not (args.resume or args.overwrite):
         raise SLQError(f"{args.out} holds a training checkpoint; pass --resume to continue that run or "
                        "--overwrite to start afresh")
+    if args.resume and (args.out / CONFIG_NAME).is_file() and not (args.out / CHECKPOINT_DIR / "state.json").is_file():
+        raise SLQError(f"{args.out} holds an adapter but no checkpoint to resume; pass --overwrite to train it "
+                       "afresh, or choose another --out")
     rank, args.device = init_distributed(args.device)
     dataset = load_data(args, args.train, args.split, "train")
     encoder = retriever(args, None, num_queries=config.num_queries, seed=config.seed)

@@ -99,7 +99,7 @@ def baseline_config_for(config: TrainConfig, lr: float | None = None, epochs: in
     """LoRA's and full fine-tuning's settings from SLQ's: `lr` (default SLQ's / 10: queries and LoRA
     weights live at different scales), `epochs` (default SLQ's), no prompt cache (it serves SLQ only)."""
     return replace(config, lr=config.lr / 10 if lr is None else lr, epochs=config.epochs if epochs is None else epochs,
-                   prompt_cache_mb=0.0, prompt_cache_disk_mb=0.0, prompt_cache_dtype=None)
+                   prompt_cache_device_mb=0.0, prompt_cache_mb=0.0, prompt_cache_disk_mb=0.0, prompt_cache_dtype=None)
 
 
 def random_twin(backbone_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int) -> Path:
