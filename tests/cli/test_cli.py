@@ -49,6 +49,16 @@ def test_train_keeps_prompts_beyond_the_ram_budget_on_disk(trained, shapes_jsonl
     assert "MB on disk" in proc.stderr
 
 
+def test_gap_plots_the_modality_gap_of_an_adapter(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    proc = slq("gap", "--backbone", backbone, "--adapter", adapter, "--data", shapes_jsonl, "--out", tmp_path / "gap.png",
+               "--report", tmp_path / "gap.json")
+    assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gap = json.loads((tmp_path / "gap.json").read_text())["modality_gap"]
+    assert f"centroid distance {gap['centroid_distance']:.4f}" in proc.stdout
+    assert 0 < gap["centroid_distance"] <= 2 and len(gap["pca"]["texts"]) == 32 and len(gap["pca"]["targets"]) == 16
+
+
 def test_eval_prints_and_writes_the_report(trained, shapes_jsonl, tmp_path):
     backbone, adapter, _ = trained
     report_path = tmp_path / "sub" / "report.json"

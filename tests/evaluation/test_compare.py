@@ -58,7 +58,8 @@ def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_
     assert set(validation["methods"]) == {"zero_shot_mean", "slq"} and validation["dataset"] == val.name
     assert all("evaluations" not in row for row in report["methods"].values())
     expected = evaluate(PooledEncoder(Backbone.load(tiny_dirs["llava"]), "mean", one_word_prompt=False), val)
-    assert validation["methods"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"]}
+    assert validation["methods"]["zero_shot_mean"] == {"t2i": expected["t2i"], "i2t": expected["i2t"],
+                                                       "modality_gap": expected["modality_gap"]}
     assert "validation" in format_comparison(report)
     with pytest.raises(SLQError, match="each evaluator needs a name of its own"):
         compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data), RetrievalEvaluator(val)])
@@ -132,6 +133,11 @@ def test_demo_pipeline_smoke(tmp_path):
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert report["chance_R@1"] == 1 / 16
     assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name, row in report["methods"].items():  # every method's modality gap, as its table line says
+        assert 0 <= row["modality_gap"]["centroid_distance"] <= 2, name
+        gap = row["modality_gap"]
+        assert f"{name} {gap['centroid_distance']:.3f} ({gap['spread']:.3f})" in (tmp_path / "table.txt").read_text()
     assert (tmp_path / "world" / "train.jsonl").is_file() and (tmp_path / "backbone" / "config.json").is_file()
 
 
@@ -148,7 +154,7 @@ def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shap
     proc = slq(*common, "--val", val, "--report", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert "validation (val), R@1: zero_shot_mean" in proc.stdout, proc.stdout
-    assert set(report["evaluations"]["validation"]["methods"]["zero_shot_mean"]) == {"t2i", "i2t"}
+    assert set(report["evaluations"]["validation"]["methods"]["zero_shot_mean"]) == {"t2i", "i2t", "modality_gap"}
 
 
 def test_an_isolated_method_reports_its_own_peak_memory_not_its_parents():

@@ -24,7 +24,7 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == list(EVIDENCE_METHODS)
     for name, row in report["methods"].items():
-        assert set(row) == {"d2w", "w2d", "trainable_params", "train_seconds", "peak_memory_mb"}, name
+        assert set(row) == {"d2w", "w2d", "modality_gap", "trainable_params", "train_seconds", "peak_memory_mb"}, name
         assert set(row["d2w"]) == set(row["w2d"]) == {"R@1", "R@5", "R@10"}
         assert row["peak_memory_mb"] > 50
     assert report["methods"]["slq"]["trainable_params"] == 2 * 32
@@ -32,7 +32,7 @@ def test_evidence_command_writes_the_report(tiny_dirs, tmp_path):
     assert (report["wordnet"]["train"], report["wordnet"]["val"], report["wordnet"]["test"]) == (2, 1, 2)
     validation = report["evaluations"]["validation"]["methods"]
     assert set(validation) == set(EVIDENCE_METHODS) and report["directions"] == ["d2w", "w2d"]
-    assert all(set(v) == {"d2w", "w2d"} for v in validation.values())
+    assert all(set(v) == {"d2w", "w2d", "modality_gap"} for v in validation.values())
     assert (out / "recall.png").read_bytes()[:4] == b"\x89PNG"
     assert "d2w R@1" in proc.stdout and "peak MB" in (out / "table.txt").read_text()
     test_words = [json.loads(line)["text"] for line in (out / "wordnet" / "test.jsonl").read_text().splitlines()]

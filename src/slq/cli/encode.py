@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..errors import SLQError
 from .options import (backbone_options, bad_record_option, batch_option, data_options, load_data, positive_int,
                       retriever, ties_option, write_json)
 
@@ -34,6 +35,16 @@ def register(sub) -> None:
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
     p.set_defaults(func=run_eval)
 
+    p = sub.add_parser("gap", help="the modality gap of an adapter on a dataset: the distance between the "
+                                   "centroids of its text and image embeddings, and a PCA plot of both")
+    backbone_options(p)
+    p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
+    data_options(p, "--data", "evaluation data", "test")
+    batch_option(p)
+    p.add_argument("--out", required=True, type=Path, help="the plot to write (PNG; needs matplotlib)")
+    p.add_argument("--report", type=Path, default=None, help="also write the evaluation's report as JSON here")
+    p.set_defaults(func=run_gap)
+
     p = sub.add_parser("embed", help="write L2-normalised embeddings of texts or images to a .npy file",
                        description=EMBED_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     backbone_options(p)
@@ -59,6 +70,27 @@ def run_eval(args: argparse.Namespace) -> None:
     dataset = load_data(args, args.data, args.split, "test")
     report = evaluate(retriever(args, args.adapter), dataset, batch_size=args.batch_size, ties=args.ties)
     print(format_recall_table(report, title=f"{dataset.name}: {args.adapter}", directions=dataset.directions))
+    if args.report is not None:
+        write_json(args.report, report)
+        print(f"slq: report written to {args.report}")
+
+
+def run_gap(args: argparse.Namespace) -> None:
+    from ..evaluation.gap import plot_gaps
+    from ..evaluation.report import modality_labels
+    from ..evaluation.retrieval import evaluate
+
+    try:
+        import matplotlib  # noqa: F401  (before minutes of embedding)
+    except ImportError:
+        raise SLQError("slq gap draws with matplotlib: pip install matplotlib") from None
+    dataset = load_data(args, args.data, args.split, "test")
+    report = evaluate(retriever(args, args.adapter), dataset, batch_size=args.batch_size)
+    gap = report["modality_gap"]
+    plot_gaps({args.adapter.name: gap}, args.out, f"Modality gap on {dataset.name} (PCA of both modalities)",
+              modality_labels(dataset.directions))
+    print(f"slq: modality gap on {dataset.name}: centroid distance {gap['centroid_distance']:.4f} (spread "
+          f"{gap['spread']:.4f}), centroid cosine {gap['centroid_cosine']:.4f}; plot written to {args.out}")
     if args.report is not None:
         write_json(args.report, report)
         print(f"slq: report written to {args.report}")

@@ -53,4 +53,5 @@ def run_evidence(args: argparse.Namespace) -> None:
     report = run_evidence(args.out, config_from_args(EvidenceConfig, args), backbone=args.backbone,
                           wordnet_dir=args.wordnet_dir, methods=args.methods.split(","), jobs=args.jobs)
     print(format_comparison(report))
-    print(f"slq: report written to {args.out / 'report.json'}, plot to {args.out / 'recall.png'}")
+    print(f"slq: report written to {args.out / 'report.json'}, plots to {args.out / 'recall.png'} and "
+          f"{args.out / 'gap.png'}")

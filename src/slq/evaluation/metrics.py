@@ -170,4 +170,7 @@ def format_recall_table(report: dict, title: str | None = None, directions: Sequ
         lines.append(f"{direction:<3}" + "".join(f"{100 * report[direction][c]:>7.1f}" for c in columns))
     counts = f"n_images={report['n_images']} n_texts={report['n_texts']}"
     lines.append(counts + (f" ties={report['ties']}" if "ties" in report else ""))
+    if "modality_gap" in report:
+        gap = report["modality_gap"]
+        lines.append(f"modality gap: centroid distance {gap['centroid_distance']:.3f}, spread {gap['spread']:.3f}")
     return "\n".join(lines)

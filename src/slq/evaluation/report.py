@@ -1,4 +1,5 @@
-"""A comparison's report on screen and on disk: the fixed-width table, `report.json`, a recall plot."""
+"""A comparison's report on screen and on disk: the fixed-width table, `report.json`, a recall plot and
+a plot of the modality gap."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 from .._io import atomic_write
+from .gap import plot_gaps
 
 logger = logging.getLogger("slq")
 
@@ -31,6 +33,10 @@ def format_comparison(report: dict) -> str:
                      + (f"{m['peak_memory_mb']:>9.0f}" if memory else ""))
     if report.get("chance_R@1") is not None:
         lines.append(f"chance R@1: {100 * report['chance_R@1']:.1f}  (test: {report['test']})")
+    gaps = {name: m["modality_gap"] for name, m in report["methods"].items() if "modality_gap" in m}
+    if gaps:
+        lines.append("modality gap, distance between the two modalities' centroids (their spread): " + "; ".join(
+            f"{name} {gap['centroid_distance']:.3f} ({gap['spread']:.3f})" for name, gap in gaps.items()))
     for name, evaluation in report.get("evaluations", {}).items():
         lines.append(f"{name} ({evaluation['dataset']}), R@1: " + "; ".join(
             f"{method} {forward} {100 * v[forward]['R@1']:.1f} {backward} {100 * v[backward]['R@1']:.1f}"
@@ -39,8 +45,8 @@ def format_comparison(report: dict) -> str:
 
 
 def save_comparison(report: dict, out_dir: str | os.PathLike) -> str:
-    """Write `report.json`, `table.txt` and `recall.png` (if matplotlib is there; else a warning says
-    so) into `out_dir`; returns the table."""
+    """Write `report.json`, `table.txt`, `recall.png` and `gap.png` (if matplotlib is there; else a
+    warning says so) into `out_dir`; returns the table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -48,9 +54,18 @@ def save_comparison(report: dict, out_dir: str | os.PathLike) -> str:
     atomic_write(out / "table.txt", table + "\n")
     try:
         plot_comparison(report, out / "recall.png")
+        gaps = {name: m["modality_gap"] for name, m in report["methods"].items() if "modality_gap" in m}
+        if gaps:
+            plot_gaps(gaps, out / "gap.png", f"Modality gap on {report['test']} (PCA of both modalities)",
+                      modality_labels(report.get("directions", ("t2i", "i2t"))))
     except ImportError:
-        logger.warning("matplotlib is not installed: no recall.png (pip install matplotlib)")
+        logger.warning("matplotlib is not installed: no recall.png or gap.png (pip install matplotlib)")
     return table
+
+
+def modality_labels(directions) -> tuple[str, str]:
+    """What the two clouds of a gap plot are: texts and images, or captions and their text targets."""
+    return ("texts", "images") if tuple(directions) == ("t2i", "i2t") else ("captions", "targets")
 
 
 def plot_comparison(report: dict, path: str | os.PathLike) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..data import ImageTextDataset
 from ..encoder import Encoder
+from .gap import modality_gap
 from .metrics import check_ties, recall_at_k
 
 
@@ -12,7 +13,8 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
              ties: str = "average") -> dict:
     """Embed every caption and target of `dataset` and score retrieval both ways.
 
-    Returns `{forward: {"R@1": …}, backward: {…}, "n_images": …, "n_texts": …, "ties": …, "dataset": …}`
+    Returns `{forward: {"R@1": …}, backward: {…}, "n_images": …, "n_texts": …, "ties": …, "dataset": …,
+    "modality_gap": …}` (`slq.evaluation.gap`)
     where forward/backward are the dataset's `directions` ("t2i"/"i2t" unless it names its own); a
     target→caption query hits when any of the target's captions is in the top k. `ties` is the rule
     for scores tied with a query's best positive (`slq.evaluation.metrics`): "average" or "strict".
@@ -23,7 +25,8 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
     scores = recall_at_k(text_emb @ target_emb.T, dataset.text_to_image(), ks=ks, ties=ties)  # (n_texts, n_targets)
     forward, backward = dataset.directions
     report = {forward: scores["t2i"], backward: scores["i2t"], "n_images": scores["n_images"],
-              "n_texts": scores["n_texts"], "ties": ties, "dataset": dataset.name}
+              "n_texts": scores["n_texts"], "ties": ties, "dataset": dataset.name,
+              "modality_gap": modality_gap(text_emb, target_emb)}
     if dataset.skipped:
         report["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
     return report

@@ -3,7 +3,7 @@
 Writes the seeded shapes world, takes a backbone (by default `slq-tiny-vl`, the small Qwen2-VL
 that slq ships, pretrained generatively on the same world by `scripts/pretrain_default.py`), and
 compares zero-shot pooling, SLQ and SLQ on a random twin on the held-out test split. Results:
-`report.json`, `table.txt` and `recall.png` in the output folder.
+`report.json`, `table.txt`, `recall.png` and `gap.png` in the output folder.
 """
 
 from __future__ import annotations
@@ -94,6 +94,6 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
                      isolate=config.jobs > 1, jobs=config.jobs, on_row=done)
     report["backbone"] = str(backbone_dir)
     save_comparison(report, out)
-    logger.info("report: %s%s", out / "report.json", f"  plot: {out / 'recall.png'}" if (out / "recall.png").is_file()
-                else "")
+    plots = [str(out / name) for name in ("recall.png", "gap.png") if (out / name).is_file()]
+    logger.info("report: %s%s", out / "report.json", f"  plots: {', '.join(plots)}" if plots else "")
     return report

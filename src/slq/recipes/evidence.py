@@ -97,7 +97,7 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                  backbone: str | os.PathLike | None = None, wordnet_dir: str | os.PathLike | None = None,
                  methods: Sequence[str] = EVIDENCE_METHODS, jobs: int = 1, progress: bool | None = None,
                  **settings) -> dict:
-    """Build the data, run every method, write `report.json`, `recall.png` and `table.txt`.
+    """Build the data, run every method, write `report.json`, `recall.png`, `gap.png` and `table.txt`.
 
     `backbone` defaults to Gemma 3 270M; any text-only causal-LM folder (or .gguf) works. `settings`
     override fields of `config`. Each finished method's row is saved at once (`rows.json`); run again
