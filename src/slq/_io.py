@@ -112,14 +112,25 @@ def setting(default=None, help: str = "", *, factory=None, **metadata):
     return field(default=default, metadata={"help": help, **metadata})
 
 
-def require_positive_ints(config, *names: str, optional: tuple[str, ...] = ()) -> None:
-    """Raise a SettingError naming the first of `names` (a field of `config`) that is not an integer
-    >= 1; the fields in `optional` may also be None."""
+def require_positive_int(name: str, value, *, optional: bool = False) -> None:
+    """Raise a SettingError naming `name` unless `value` is an integer >= 1 (or None, when `optional`)."""
     from .errors import SettingError
 
+    if value is None and optional:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise SettingError(name, value, "must be an integer >= 1" + (" (or None)" if optional else ""))
+
+
+def require_positive_ints(config, *names: str, optional: tuple[str, ...] = ()) -> None:
+    """`require_positive_int` for each of `names`, fields of `config`; those in `optional` may be None."""
     for name in names:
-        value = getattr(config, name)
-        if value is None and name in optional:
-            continue
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise SettingError(name, value, "must be an integer >= 1" + (" (or None)" if name in optional else ""))
+        require_positive_int(name, getattr(config, name), optional=name in optional)
+
+
+def require_choice(name: str, value, choices) -> None:
+    """Raise a SettingError naming `name` and the allowed values unless `value` is one of `choices`."""
+    from .errors import SettingError
+
+    if value not in choices:
+        raise SettingError(name, value, f"must be one of {', '.join(map(str, choices))}")

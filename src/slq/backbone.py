@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ._io import require_choice
 from .attention import folded_gqa
 from .data.images import pad_to_square
 from .errors import DataError, SettingError, SLQError
@@ -44,8 +45,7 @@ IMAGE_FITS = ("processor", "square")
 
 def check_image_fit(image_fit: str) -> str:
     """`image_fit` if it is one of `IMAGE_FITS`, else a SettingError naming them."""
-    if image_fit not in IMAGE_FITS:
-        raise SettingError("image_fit", image_fit, f"must be one of {', '.join(IMAGE_FITS)}")
+    require_choice("image_fit", image_fit, IMAGE_FITS)
     return image_fit
 
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ._io import atomic_write
+from ._io import atomic_write, require_positive_int
 from .adapter import backbone_mismatch
 from .data import ImageRecord, TextRecord
 from .distributed import distributed_context, rank0_value
@@ -83,9 +83,8 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     """
     if kind not in KINDS:
         raise SettingError("kind", kind, f"must be one of {', '.join(KINDS)}")
-    for name, value in (("piece_size", piece_size), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            raise SettingError(name, value, "must be an integer >= 1")
+    require_positive_int("piece_size", piece_size)
+    require_positive_int("batch_size", batch_size)
     if rank is None or world_size is None:
         rank, world_size = distributed_context()
     if world_size > 1 and not dist.is_initialized():

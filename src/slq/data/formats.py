@@ -33,8 +33,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .._io import atomic_write
-from ..errors import DataError, SettingError
+from .._io import atomic_write, require_positive_int
+from ..errors import DataError
 from .images import image_problem
 from .records import Collector, ImageRecord, ImageTextDataset, Record, TextRecord, error, exc_reason
 
@@ -92,9 +92,7 @@ def _check_images(
 
 
 def _check_max_captions(max_captions: int | None) -> None:
-    if max_captions is not None and not (isinstance(max_captions, int) and not isinstance(max_captions, bool)
-                                         and max_captions >= 1):
-        raise SettingError("max_captions", max_captions, "must be an integer >= 1 (or None: all captions)")
+    require_positive_int("max_captions", max_captions, optional=True)  # None: all captions
 
 
 def _finish(

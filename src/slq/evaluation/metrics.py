@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SettingError
+from .._io import require_choice
 
 TIE_RULES = ("average", "strict")  # how a score tied with a query's best positive counts (module docstring)
 _CHUNK_ELEMENTS = 1 << 22  # ~4M comparisons per chunk: small temporaries, few Python iterations
@@ -118,8 +118,7 @@ def _hit_rates(above: np.ndarray, tied: np.ndarray, tied_pos: np.ndarray, ks: Se
 
 def check_ties(ties: str) -> str:
     """`ties` if it names a tie rule, else a SettingError saying which ones exist."""
-    if ties not in TIE_RULES:
-        raise SettingError("ties", ties, f"must be one of {', '.join(TIE_RULES)}")
+    require_choice("ties", ties, TIE_RULES)
     return ties
 
 
