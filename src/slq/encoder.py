@@ -118,6 +118,24 @@ class Encoder:
         return self.encode_image(list(records), **kwargs)
 
     @torch.no_grad()
+    def encode_query(self, text: str | None = None, image: ImageInput | None = None) -> np.ndarray:
+        """One vector for a search: a text, an image, or an image with text.
+
+        With both, the text follows the image in the user turn (after the encoder's own image
+        instruction), as an MLLM reads a question about a picture: one prompt, so the queries see
+        both at once, which two separate towers (CLIP) cannot do.
+        """
+        if image is None:
+            if not text:
+                raise ValueError("a query needs a text, an image, or both")
+            return self.encode_text(text)
+        if not text:
+            return self.encode_image(image)
+        opened = image if isinstance(image, Image.Image) else load_image(image)
+        instruction = f"{self.image_instruction} {text}".strip()
+        return self.embed(self.backbone.image_batch([opened], instruction=instruction))[0].float().cpu().numpy()
+
+    @torch.no_grad()
     def _encode(self, items: list, lengths: list[int], prepare: Callable[[list], PrefixBatch], batch_size: int,
                 show_progress_bar: bool | None, desc: str) -> torch.Tensor:
         if batch_size < 1:

@@ -51,11 +51,22 @@ class SLQRetriever(Encoder):
                                  image_fit=image_fit)
         if config is None:
             return cls.fresh(backbone, num_queries, seed)
+        return cls.on_backbone(backbone, adapter_dir, loaded=(config, weights))
+
+    @classmethod
+    def on_backbone(cls, backbone: Backbone, adapter_dir: str | os.PathLike, *,
+                    loaded: tuple[AdapterConfig, torch.Tensor] | None = None) -> SLQRetriever:
+        """An adapter on an already loaded backbone: several retrievers share one frozen model in
+        memory (`slq serve` with several indexes). The adapter must fit the backbone and its image fit."""
+        config, weights = loaded if loaded is not None else load_adapter(adapter_dir)
         why = backbone_mismatch(config.backbone, backbone.fingerprint())
         if not why and config.hidden_size != backbone.hidden_size:
             why = f"queries of width {config.hidden_size}, backbone hidden size {backbone.hidden_size}"
         if why:
-            raise AdapterError(f"{adapter_dir}: adapter was trained for another backbone than {backbone_dir}: {why}")
+            raise AdapterError(f"{adapter_dir}: adapter was trained for another backbone than {backbone.path}: {why}")
+        if config.image_fit != backbone.image_fit:
+            raise AdapterError(f"{adapter_dir}: adapter was trained with image_fit {config.image_fit!r}, but the "
+                               f"backbone is loaded with {backbone.image_fit!r}")
         queries = LatentQueries(config.num_queries, config.hidden_size)
         with torch.no_grad():
             queries.weight.copy_(weights)

@@ -1,6 +1,7 @@
 """The `slq` command: a thin layer over the library, one module per command group.
 
-    train     slq train                  encode    slq eval, slq embed
+    train     slq train                  encode    slq eval, slq gap, slq embed
+    index     slq index, slq search      serve     slq serve
     compare   slq compare                recipes   slq demo, slq evidence
     data      slq data shapes|wordnet    tiny      slq tiny-model
 
@@ -20,10 +21,10 @@ import sys
 
 from .._version import __version__
 from ..errors import EXIT_USAGE, SLQError
-from . import compare, data, encode, recipes, tiny, train
+from . import compare, data, encode, index, recipes, serve, tiny, train
 from .options import flag_of
 
-COMMAND_GROUPS = (train, encode, compare, recipes, data, tiny)
+COMMAND_GROUPS = (train, encode, index, serve, compare, recipes, data, tiny)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default=0) -> None:
