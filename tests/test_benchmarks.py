@@ -62,3 +62,28 @@ def test_large_batch_reports_the_targets_ratios(tmp_path):
     runs = summary["results"]
     assert len(runs["slq_run"]["step_seconds_each"]) == len(runs["lora_run"]["step_seconds_each"]) == 2
     assert runs["slq_run"]["prompt_cache"]["hits"] == 8, "the second epoch ran on the kept prompts"
+
+
+def test_search_speed_reports_recall_latency_and_the_server(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_speed.py"), "--sizes", "1000,25000",
+                           "--dim", "32", "--queries", "40", "--clusters", "20", "--rank", "8", "--warmup", "2",
+                           "--max-seconds", "1", "--workdir", str(tmp_path), "--e2e", "--e2e-items", "300",
+                           "--e2e-real", "20", "--e2e-requests", "10", "--e2e-seconds", "1"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    sizes = summary["results"]["ann"]
+    assert [(r["size"], r["choice"]["kind"]) for r in sizes] == [(1000, "flat"), (25000, "hnsw")]  # slq's auto choice
+    for r in sizes:
+        assert 0 < r["ann"]["recall_at_10"] <= 1 and r["ann"]["n"] > 0 and r["exact"]["n"] > 0
+        assert r["exact"]["p99_ms"] >= r["exact"]["p50_ms"] > 0
+    assert sizes[0]["ann"]["recall_at_10"] == 1.0, "exact search against itself"
+    assert sizes[1]["ann"]["tuned_recall_at_10"] is not None and sizes[1]["ann"]["setting"] > 0
+    assert set(summary["recall_met"]) == {"1000", "25000"}
+    e2e = summary["results"]["e2e"]
+    assert e2e["items"] == 300 and e2e["real_items"] == 20 and e2e["dim"] == 192
+    assert set(e2e["sequential"]["statuses"]) == {"200"} and e2e["sequential"]["hits_per_response"] == 10
+    assert e2e["concurrent"]["requests"] > 0 and e2e["concurrent"]["server_errors_5xx"] == 0
+    assert {"embed", "index_search", "ann_search"} <= set(e2e["split"])
+    assert isinstance(summary["e2e_p50_met"], bool) and isinstance(summary["e2e_p99_met"], bool)
+    assert not list(tmp_path.iterdir()), "temporary files are removed"

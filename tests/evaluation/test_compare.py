@@ -139,6 +139,14 @@ def test_demo_pipeline_smoke(tmp_path):
         gap = row["modality_gap"]
         assert f"{name} {gap['centroid_distance']:.3f} ({gap['spread']:.3f})" in (tmp_path / "table.txt").read_text()
     assert (tmp_path / "world" / "train.jsonl").is_file() and (tmp_path / "backbone" / "config.json").is_file()
+    # SLQ's adapter is kept, the test images indexed with it, and the gallery drawn from that index
+    assert report["methods"]["slq"]["adapter"] == str(tmp_path / "adapters" / "slq")
+    assert "adapter" not in report["methods"]["slq_random_init"], "the twin's backbone is temporary"
+    from slq.index import SearchIndex
+
+    index = SearchIndex(tmp_path / "index")
+    assert (len(index), index.meta["adapter"]) == (16, str((tmp_path / "adapters" / "slq").resolve()))
+    assert (tmp_path / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shapes_jsonl, tmp_path):

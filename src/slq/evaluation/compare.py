@@ -144,8 +144,12 @@ def build_encoder(method: Method, backbone_dir: Path, **load) -> Encoder:
 
 
 def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset, evaluators: Sequence[Evaluator],
-               progress: bool | None = None, **load) -> dict:
+               progress: bool | None = None, keep_adapters: Path | None = None, **load) -> dict:
     """One row: build the method's encoder, train it if it trains, run every evaluator.
+
+    With `keep_adapters`, a trained SLQ method's adapter is saved to `keep_adapters / method.name`
+    (the row records where), to search with afterwards; not the random twin's, whose backbone is
+    temporary.
 
     The row holds the primary (first) evaluator's results at its top level and the others' under
     `"evaluations"`, by evaluator name; so does the report (`report["evaluations"][name]["methods"]`).
@@ -156,10 +160,14 @@ def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset,
         began = time.perf_counter()
         train(encoder, train_data, method.train, progress=progress)
         seconds = time.perf_counter() - began
+    kept = {}
+    if keep_adapters is not None and method.train is not None and not method.random_init and isinstance(
+            encoder, SLQRetriever):
+        kept["adapter"] = str(encoder.save(Path(keep_adapters) / method.name))
     primary, *others = evaluators
     row = {**_directions_only(primary(encoder, progress)),
            "trainable_params": encoder.trainable_parameters if method.train is not None else 0,
-           "train_seconds": round(seconds, 2)}
+           "train_seconds": round(seconds, 2), **kept}
     if others:
         row["evaluations"] = {ev.name: _directions_only(ev(encoder, progress)) for ev in others}
     return row
@@ -213,7 +221,8 @@ class MethodsFailed(SLQError):
 
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, methods: Sequence[Method],
             evaluators: Sequence[Evaluator], *, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
-            done: dict | None = None, on_row: Callable[[str, dict], None] | None = None, **load) -> dict:
+            done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
+            keep_adapters: str | os.PathLike | None = None, **load) -> dict:
     """Train (where a method trains) and evaluate every method; returns the report.
 
     `isolate` runs each method in a process of its own, so each row also gets an honest
@@ -221,8 +230,9 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
     process's torch threads (on a CPU, where one process scales poorly past a core, two at a time
     nearly halve the wall time). Rows in `done` (method name -> row, from an interrupted run) are
     kept, not recomputed; `on_row(name, row)` is called as each row is finished, so a caller can
-    save it. A method that fails does not stop the others; afterwards every failure is reported
-    (`MethodsFailed` when all are user errors, else the first bug's traceback, naming the rest).
+    save it; `keep_adapters` keeps trained SLQ adapters (`run_method`). A method that fails does not
+    stop the others; afterwards every failure is reported (`MethodsFailed` when all are user errors,
+    else the first bug's traceback, naming the rest).
 
     `load` (dtype, device, trust_remote_code) goes to every backbone load.
     """
@@ -252,7 +262,7 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
             twin = random_twin(backbone_dir, Path(tmp) / "twin", seed=seed + 1)
 
         def args(method: Method) -> tuple:
-            return method, twin if method.random_init else backbone_dir, train_data, evaluators, progress
+            return method, twin if method.random_init else backbone_dir, train_data, evaluators, progress, keep_adapters
 
         if isolate:
             threads = threads_per_method(jobs)

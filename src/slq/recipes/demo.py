@@ -3,13 +3,16 @@
 Writes the seeded shapes world, takes a backbone (by default `slq-tiny-vl`, the small Qwen2-VL
 that slq ships, pretrained generatively on the same world by `scripts/pretrain_default.py`), and
 compares zero-shot pooling, SLQ and SLQ on a random twin on the held-out test split. Results:
-`report.json`, `table.txt`, `recall.png` and `gap.png` in the output folder.
+`report.json`, `table.txt`, `recall.png` and `gap.png` in the output folder. SLQ's adapter is kept
+(`adapters/slq`), the test images are indexed with it (`index/`, served by `slq serve`), and
+`gallery.png` shows a few test captions with their top five images.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,22 +70,22 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
         raise SLQError(f"the default backbone is missing from {DEFAULT_BACKBONE}; reinstall slq, or pass "
                        "another backbone (a checkpoint folder, or \"random\")")
     out.mkdir(parents=True, exist_ok=True)
-    logger.info("[1/3] writing the shapes world (%d train / %d test images) to %s", config.n_train, config.n_test,
+    logger.info("[1/4] writing the shapes world (%d train / %d test images) to %s", config.n_train, config.n_test,
                 out / "world")
     world = write_world(out / "world", n_train=config.n_train, n_val=max(1, config.n_test // 4),
                         n_test=config.n_test, seed=config.seed, progress=progress)
     if str(backbone_dir) == "random":
         backbone_dir = build_tiny_model("qwen2_vl", out / "backbone", seed=config.seed, overwrite=True)
-        logger.info("[2/3] built a tiny random qwen2_vl at %s (a random model has little to elicit; expect "
+        logger.info("[2/4] built a tiny random qwen2_vl at %s (a random model has little to elicit; expect "
                     "near-chance recall)", backbone_dir)
     elif backbone_dir is None:
         backbone_dir = DEFAULT_BACKBONE
-        logger.info("[2/3] backbone: slq-tiny-vl, slq's pretrained default (%s)", backbone_dir)
+        logger.info("[2/4] backbone: slq-tiny-vl, slq's pretrained default (%s)", backbone_dir)
     else:
-        logger.info("[2/3] backbone: %s", backbone_dir)
+        logger.info("[2/4] backbone: %s", backbone_dir)
     train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
                                lr=config.lr, seed=config.seed, prompt_cache_mb=config.prompt_cache_mb)
-    logger.info("[3/3] training and evaluating: %s%s", ", ".join(DEMO_METHODS),
+    logger.info("[3/4] training and evaluating: %s%s", ", ".join(DEMO_METHODS),
                 f" ({config.jobs} at a time, in separate processes)" if config.jobs > 1 else "")
 
     def done(method: str, row: dict) -> None:
@@ -91,9 +94,41 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
 
     report = compare(backbone_dir, load_jsonl(world["train"]), standard_methods(DEMO_METHODS, train_config),
                      [RetrievalEvaluator(load_jsonl(world["test"]))], progress=progress,
-                     isolate=config.jobs > 1, jobs=config.jobs, on_row=done)
+                     isolate=config.jobs > 1, jobs=config.jobs, on_row=done, keep_adapters=out / "adapters")
     report["backbone"] = str(backbone_dir)
     save_comparison(report, out)
-    plots = [str(out / name) for name in ("recall.png", "gap.png") if (out / name).is_file()]
+    index_and_gallery(out, world, backbone_dir, progress)
+    plots = [str(out / name) for name in ("recall.png", "gap.png", "gallery.png") if (out / name).is_file()]
     logger.info("report: %s%s", out / "report.json", f"  plots: {', '.join(plots)}" if plots else "")
+    if (out / "index").is_dir():
+        logger.info("search the test images in a browser: slq serve %s", out / "index")
     return report
+
+
+def index_and_gallery(out: Path, world: dict, backbone_dir, progress: bool | None) -> None:
+    """Index the test split with SLQ's kept adapter and draw `gallery.png` from it; without FAISS or
+    matplotlib, say what is missing and go on: the comparison is the demo's result."""
+    from ..index import Searcher, update_index
+    from ..index.ann import faiss_module
+
+    try:
+        faiss_module()
+    except SLQError as e:
+        logger.warning("not indexing the test images: %s", e)
+        return
+    logger.info("[4/4] indexing the test images with SLQ's adapter into %s", out / "index")
+    shutil.rmtree(out / "index", ignore_errors=True)  # a rerun's adapter may differ: its index is another
+    update_index(out / "index", world["test"], backbone=backbone_dir, adapter=out / "adapters" / "slq",
+                 root=out / "world", progress=progress)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.warning("no gallery.png: pip install matplotlib")
+        return
+    from ..evaluation.gallery import gallery_queries, plot_gallery
+
+    searcher = Searcher.open([out / "index"])
+    try:
+        plot_gallery(searcher, gallery_queries(load_jsonl(world["test"]).records), out / "gallery.png")
+    finally:
+        searcher.close()
