@@ -262,8 +262,9 @@ def test_another_source_or_adapter_is_refused(tmp_path, loader, adapter, tiny_di
         update_index(tmp_path / "idx", adapter=other, load_retriever=loader)
     with pytest.raises(SLQError, match="needs --backbone and --adapter"):
         update_index(tmp_path / "new", folder)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SLQError, match="nothing to index"):
-        build(tmp_path / "x", tmp_path / "x", loader, adapter, tiny_dirs) if (tmp_path / "x").mkdir() is None else None
+        build(tmp_path / "x", tmp_path / "empty", loader, adapter, tiny_dirs)
 
 
 @pytest.mark.parametrize("field, value", [("batch_size", 0), ("max_image_pixels", -1), ("index_type", "lsh"),

@@ -276,13 +276,11 @@ def _plan(db, items: list[Item], report: IndexReport) -> list[Item]:
         else:
             todo.append(item)
     with db:
-        if gone or captions_changed:
+        db.executemany("DELETE FROM skipped WHERE key = ?", [(key,) for key in skipped if key not in present])
+        if gone or captions_changed:  # the items changed: the search structure must be rebuilt
             db.executemany("DELETE FROM items WHERE key = ?", [(key,) for key in gone])
             db.executemany("UPDATE items SET captions = ? WHERE key = ?", captions_changed)
-            db.executemany("DELETE FROM skipped WHERE key = ?", [(key,) for key in skipped if key not in present])
             store.bump_generation(db)
-        else:
-            db.executemany("DELETE FROM skipped WHERE key = ?", [(key,) for key in skipped if key not in present])
     report.removed = len(gone)
     if gone or todo:
         logger.info("index %s: %d new or changed, %d gone, %d unchanged", report.out, len(todo), len(gone),
