@@ -20,10 +20,18 @@ def _images():
 
 
 def _batch(backbone, kind):
-    """kind "image" is the target side: images, or other texts for a text-only backbone."""
+    """kind "image" is the target side: images, or other texts for a text-only backbone; "image+text"
+    an image with a question after it and "instructed" an instruction before a text, as MMEB-style
+    tasks pose them (the encoder's `input_batch` renders `Input`s through these two calls)."""
     if kind == "text":
         return backbone.text_batch(TEXTS)
-    return backbone.text_batch(TARGET_TEXTS) if backbone.text_only else backbone.image_batch(_images())
+    if kind == "instructed":
+        return backbone.text_batch([f"Find the image that matches the caption:\n{t}" for t in TEXTS])
+    if backbone.text_only:
+        return backbone.text_batch(TARGET_TEXTS)
+    if kind == "image+text":
+        return backbone.image_text_batch(_images(), ["What colour is the shape?", "Represent the image.\nIs it round?"])
+    return backbone.image_batch(_images())
 
 
 def _queries(backbone, seed=0):
@@ -42,7 +50,7 @@ def _full_states(backbone, batch, queries):
     return captured[0]
 
 
-@pytest.mark.parametrize("kind", ["text", "image"])
+@pytest.mark.parametrize("kind", ["text", "image", "image+text", "instructed"])
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_prefix_unchanged_by_queries(backbones, family, kind):
     """Each prompt alone, run the model's own default way, equals the prefix of prompt+queries."""

@@ -271,7 +271,8 @@ class Backbone:
                                 "tokenizer; remove it (it would change the prompt's structure)")
         return text
 
-    def _truncate(self, text: str) -> str:
+    def truncate(self, text: str) -> str:
+        """`text` cut to `max_text_tokens` tokens (a caption longer than what the model was tuned on)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_text_tokens:
             return text
@@ -281,31 +282,43 @@ class Backbone:
         enc = self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
-    def text_batch(self, texts: Sequence[str], instruction: str = "") -> PrefixBatch:
-        """Captions as user turns, each truncated to `max_text_tokens` tokens, then `instruction`."""
-        prompts = [self._prompt([{"type": "text", "text": self._truncate(self._check_text(t)) + instruction}])
-                   for t in texts]
+    def text_batch(self, texts: Sequence[str], instruction: str = "", *, truncate: bool = True) -> PrefixBatch:
+        """Captions as user turns, each truncated to `max_text_tokens` tokens (unless the caller
+        has cut what it must), then `instruction`."""
+        cut = self.truncate if truncate else (lambda t: t)
+        prompts = [self._prompt([{"type": "text", "text": cut(self._check_text(t)) + instruction}]) for t in texts]
         return PrefixBatch(*self._tokenize(prompts))
 
     def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
-        """Images as user turns whose placeholder is expanded to the vision tower's token count.
+        """Images as user turns whose placeholder is expanded to the vision tower's token count,
+        each followed by `instruction` (if any) in the same turn.
 
         Under `image_fit="square"` each image is padded to a grey square first and given as one tile.
         """
+        return self.image_text_batch(images, [instruction] * len(images))
+
+    def image_text_batch(self, images: Sequence[Image.Image], texts: Sequence[str]) -> PrefixBatch:
+        """Each image with its own text after it in one user turn (texts may be empty): an image
+        with a question, an instruction, or both, as one prompt. Texts are checked for special
+        tokens; truncating them is the caller's choice."""
         if self.text_only:
             raise SLQError(f"{self.path}: a text-only backbone ({self.config.model_type}) cannot embed images; "
                            "use a dataset whose records have \"text\" targets")
+        assert len(images) == len(texts), f"{len(images)} images for {len(texts)} texts"
         square = self.image_fit == "square"
         if square:
             images = [pad_to_square(image) for image in images]
         inputs = self.family.image_inputs(self.config, self.tokenizer, self.image_processor, images, one_tile=square)
-        content = [{"type": "image"}] + ([{"type": "text", "text": instruction}] if instruction else [])
-        template = self._prompt(content)
         token = self.family.image_token(self.config, self.tokenizer)
-        if template.count(token) != 1:
-            raise SLQError(f"{self.path}: the chat template renders an image as {template.count(token)} "
-                           f"{token!r} placeholders; slq expects exactly one")
-        prompts = [template.replace(token, expansion) for expansion in inputs.placeholder_text]
+        templates: dict[str, str] = {}  # one rendering per distinct text
+        for text in texts:
+            if text not in templates:
+                content = [{"type": "image"}] + ([{"type": "text", "text": self._check_text(text)}] if text else [])
+                templates[text] = template = self._prompt(content)
+                if template.count(token) != 1:
+                    raise SLQError(f"{self.path}: the chat template renders an image as {template.count(token)} "
+                                   f"{token!r} placeholders; slq expects exactly one")
+        prompts = [templates[text].replace(token, expansion) for text, expansion in zip(texts, inputs.placeholder_text)]
         input_ids, attention_mask = self._tokenize(prompts)
         model_inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
                         for k, v in inputs.model_inputs.items()}

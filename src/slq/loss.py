@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE over in-batch negatives with a learnable temperature.
+"""Symmetric InfoNCE over in-batch negatives (and hard negatives) with a learnable temperature.
 
 The temperature is kept as a log so it stays positive, starts at 0.07 as in the paper, and is
 clamped to [0.01, 1] so it can neither blow the logits up nor flatten them. Under
@@ -36,12 +36,22 @@ class ContrastiveLoss(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE)
 
-    def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
-        """Both inputs L2-normalised, shape (B, d), row i of each a positive pair; the scalar loss."""
+    def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor,
+                negatives: torch.Tensor | None = None) -> torch.Tensor:
+        """Both inputs L2-normalised, shape (B, d), row i of each a positive pair; the scalar loss.
+
+        `negatives` (M, d), hard negatives of the batch's pairs, join every text's candidates
+        (text→image over B + M columns, across processes when distributed); image→text is over
+        the B texts only, since a negative has no text of its own.
+        """
         if text_emb.shape != image_emb.shape:
             raise ValueError(f"pair shapes differ: {tuple(text_emb.shape)} vs {tuple(image_emb.shape)}")
         all_texts = gather_with_grad(text_emb, self.rank, self.world_size)  # (W*B, d)
         all_images = gather_with_grad(image_emb, self.rank, self.world_size)
         logits = all_texts @ all_images.T / self.temperature  # (W*B, W*B), text i vs image j
         labels = torch.arange(all_texts.shape[0], device=text_emb.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        image_to_text = F.cross_entropy(logits.T, labels)
+        if negatives is not None and len(negatives):
+            all_negatives = gather_with_grad(negatives, self.rank, self.world_size)  # (W*M, d)
+            logits = torch.cat([logits, all_texts @ all_negatives.T / self.temperature], dim=1)  # (W*B, W*(B+M))
+        return (F.cross_entropy(logits, labels) + image_to_text) / 2

@@ -12,7 +12,7 @@ from torch import nn
 
 from .adapter import AdapterConfig, backbone_mismatch, load_adapter, save_adapter
 from .backbone import Backbone, PrefixBatch, check_image_fit
-from .data import ImageRecord
+from .data import ImageRecord, Input
 from .encoder import Encoder, ImageInput
 from .errors import AdapterError
 from .prompt_cache import PromptCache
@@ -100,10 +100,13 @@ class SLQRetriever(Encoder):
                 if not isinstance(im, Image.Image) else None for im in images]  # a PIL image has no stable key
         return self._prepare_prompts(keys, images, self.image_batch, engine, cache)
 
-    def embed_prepared(self, prepared: PromptBatch | PrefixBatch, engine: str = "cached") -> torch.Tensor:
+    def prepare_input_group(self, inputs: Sequence[Input], engine: str = "cached", cache: PromptCache | None = None):
+        return self._prepare_prompts([x.key() for x in inputs], inputs, self.input_batch, engine, cache)
+
+    def embed_prepared(self, prepared, engine: str = "cached") -> torch.Tensor:
         if isinstance(prepared, PromptBatch):  # the cached engine: only the queries run
             return pool(queries_on_prompts(self.backbone, prepared, self.queries.weight))
-        return self.embed(prepared, engine)
+        return super().embed_prepared(prepared, engine)
 
     @torch.no_grad()
     def _prepare_prompts(self, keys: list, items: Sequence, prepare: Callable, engine: str,

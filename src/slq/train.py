@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ._io import atomic_write, seeded_generator, setting
-from .data import ImageRecord, ImageTextDataset
+from .data import ImageRecord, ImageTextDataset, PairDataset, PairRecord
 from .distributed import distributed_context, rank0_value, sync_gradients
 from .encoder import Encoder
 from .errors import SettingError, SLQError
@@ -62,6 +62,9 @@ class TrainConfig:
                                 "random; all: every (image, caption) pair once, as the paper's reference code "
                                 "trains (an epoch is ~5 per image on COCO; an image drawn twice into one batch is "
                                 "then its own negative, as there)", choices=PAIRS)
+    hard_negatives: int = setting(0, "pair data only: each pair brings this many of its record's \"negatives\" "
+                                     "(drawn at random each step) into the loss, as extra candidates for every "
+                                     "query beside the in-batch ones (0: in-batch negatives only)")
     chunk_size: int = setting(0, "run each batch in chunks of this many pairs: activations are bounded by the "
                                  "chunk while the loss and gradients stay those of the whole batch (SLQ: the "
                                  "batch's prompt keys/values are kept and the queries run twice; LoRA/full: "
@@ -108,6 +111,7 @@ class TrainConfig:
         need(_is_number(self.temperature) and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
              f"must lie in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
         need(self.pairs in PAIRS, "pairs", f"must be one of {', '.join(PAIRS)}")
+        need(_is_int(self.hard_negatives) and self.hard_negatives >= 0, "hard_negatives", "must be an integer >= 0")
         need(_is_int(self.chunk_size) and self.chunk_size >= 0, "chunk_size", "must be an integer >= 0")
         need(_is_number(self.clip_grad_norm) and self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0")
         need(_is_int(self.save_every) and self.save_every >= 0, "save_every", "must be an integer >= 0")
@@ -156,10 +160,13 @@ class BatchPlan:
     global batch would.
     """
 
-    def __init__(self, dataset: ImageTextDataset, config: TrainConfig, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset: ImageTextDataset | PairDataset, config: TrainConfig, rank: int = 0,
+                 world_size: int = 1):
         self.global_batch = config.batch_size * world_size
+        pair_data = isinstance(dataset, PairDataset)
+        _check_hard_negatives(dataset, config.hard_negatives)
         self.units = [(i, c) for i, r in enumerate(dataset.records) for c in range(len(r.captions))] \
-            if config.pairs == "all" else None  # (record, caption) pairs, in a fixed order
+            if config.pairs == "all" and not pair_data else None  # (record, caption) pairs, in a fixed order
         size = len(self.units) if self.units is not None else len(dataset)
         if self.global_batch > size:
             across = f" once each of {world_size} processes takes a batch" if world_size > 1 else ""
@@ -170,10 +177,13 @@ class BatchPlan:
         self.steps_per_epoch = size // self.global_batch  # drop the ragged tail: equal negatives per step
         self.total_steps = self.steps_per_epoch * config.epochs
 
-    def __call__(self, step: int) -> tuple[list, list[str]]:
-        epoch, within = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(self.size, generator=seeded_generator("slq-train", self.config.seed, epoch))
-        picked = order[within * self.global_batch:(within + 1) * self.global_batch].tolist()
+    def __call__(self, step: int) -> tuple[list, list]:
+        """This process's (targets, queries) of `step`: records and captions, or, for pair data,
+        the pairs' positives and queries (`Input`s)."""
+        picked, (epoch, within) = self._picked(step), divmod(step, self.steps_per_epoch)
+        if isinstance(self.dataset, PairDataset):
+            pairs = [self.dataset.records[i] for i in picked[self._mine()]]
+            return [p.positive for p in pairs], [p.query for p in pairs]
         if self.units is not None:
             records = [self.dataset.records[self.units[u][0]] for u in picked]
             texts = [r.captions[self.units[u][1]] for r, u in zip(records, picked)]
@@ -181,8 +191,41 @@ class BatchPlan:
             choice = seeded_generator("slq-train", self.config.seed, epoch, within, "captions")
             records = [self.dataset.records[i] for i in picked]
             texts = [r.captions[int(torch.randint(len(r.captions), (1,), generator=choice))] for r in records]
-        mine = slice(self.rank * self.config.batch_size, (self.rank + 1) * self.config.batch_size)
-        return records[mine], texts[mine]
+        return records[self._mine()], texts[self._mine()]
+
+    def negatives(self, step: int) -> list:
+        """`hard_negatives` negatives of each of this process's pairs at `step`, pair by pair (B·K
+        inputs; empty when off): drawn without replacement from the record's, seeded by (seed, step)."""
+        k = self.config.hard_negatives
+        if not k:
+            return []
+        epoch, within = divmod(step, self.steps_per_epoch)
+        draw = seeded_generator("slq-train", self.config.seed, epoch, within, "negatives")
+        chosen = []
+        for i in self._picked(step):  # draws for the whole global batch: the same on every process
+            negatives = self.dataset.records[i].negatives
+            chosen.append([negatives[j] for j in torch.randperm(len(negatives), generator=draw)[:k].tolist()])
+        return [n for pair in chosen[self._mine()] for n in pair]
+
+    def _picked(self, step: int) -> list[int]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(self.size, generator=seeded_generator("slq-train", self.config.seed, epoch))
+        return order[within * self.global_batch:(within + 1) * self.global_batch].tolist()
+
+    def _mine(self) -> slice:
+        return slice(self.rank * self.config.batch_size, (self.rank + 1) * self.config.batch_size)
+
+
+def _check_hard_negatives(dataset: ImageTextDataset | PairDataset, k: int) -> None:
+    if not k:
+        return
+    if not isinstance(dataset, PairDataset):
+        raise SettingError("hard_negatives", k, f"needs pair data ({dataset.name} is captioned targets); see the "
+                           "pair form of our JSONL")
+    short = next((r for r in dataset.records if len(r.negatives) < k), None)
+    if short is not None:
+        raise SettingError("hard_negatives", k, f"is more than the {len(short.negatives)} negative(s) of "
+                           f"{short.source}; every pair needs at least that many (mine them: slq mine-negatives)")
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -257,6 +300,10 @@ def _captions_sha256(dataset: ImageTextDataset) -> str:
     folder it sits in, so a dataset moved to another disk still resumes)."""
     digest = hashlib.sha256()
     for record in dataset.records:
+        if isinstance(record, PairRecord):  # each side's text, image name and instruction
+            sides = [record.query, record.positive, *record.negatives]
+            digest.update(json.dumps([[x.text, x.image.name if x.image else None, x.instruction] for x in sides]).encode())
+            continue
         target = record.image.name if isinstance(record, ImageRecord) else record.text
         digest.update(json.dumps([target, list(record.captions)]).encode())
     return digest.hexdigest()
@@ -296,17 +343,18 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
     )
 
 
-def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list[str],
+def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list,
                targets: list, engine: str = "cached", cache: PromptCache | None = None, *, chunk_size: int = 0,
-               clip_grad_norm: float = 0.0) -> float:
-    """One optimisation step on B aligned (caption, target) pairs; returns the loss.
+               clip_grad_norm: float = 0.0, negatives: list | None = None) -> float:
+    """One optimisation step on B aligned (query, target) pairs; returns the loss.
 
-    Targets are image records (or images), or `TextRecord`s for a text-pair dataset. With a `cache`,
-    prompts already run in an earlier epoch are not run again (SLQ, cached engine). `chunk_size`
-    bounds memory by the chunk (see `contrastive_backward`).
+    Queries are captions or `Input`s; targets are image records (or images), `TextRecord`s for a
+    text-pair dataset, or `Input`s. `negatives` (B·K, any of those kinds) join every query's
+    candidates. With a `cache`, prompts already run in an earlier epoch are not run again (SLQ,
+    cached engine). `chunk_size` bounds memory by the chunk (see `contrastive_backward`).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size)
+    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size, negatives)
     trainable = list(encoder.trainable_tensors().values())
     if loss_fn.world_size > 1:
         sync_gradients(trainable, loss_fn.log_temperature, loss_fn.world_size)
@@ -316,9 +364,9 @@ def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.opti
     return loss.item()
 
 
-def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list[str], targets: list,
+def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list, targets: list,
                          engine: str = "cached", cache: PromptCache | None = None, chunk_size: int = 0,
-                         ) -> torch.Tensor:
+                         negatives: list | None = None) -> torch.Tensor:
     """The batch's loss, its gradient accumulated into what trains (and the temperature).
 
     With `chunk_size` smaller than the batch, the step runs in chunks, as GradCache does: every
@@ -328,27 +376,28 @@ def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list
     gradients equal the whole batch's. What `prepare_*` returns is computed once, held for the whole
     batch and reused by both passes: for SLQ the prompts' keys/values, so the recomputation is a pass
     of the queries only, never a second forward; for LoRA and full fine-tuning it is the full forward
-    again.
+    again. Hard `negatives` are a third side, chunked the same way.
     """
-    if not chunk_size or chunk_size >= len(texts):
-        loss = loss_fn(encoder.embed_texts(texts, engine, cache), encoder.embed_targets(targets, engine, cache))
+    sides = [texts, targets] + ([negatives] if negatives else [])
+    if not chunk_size or all(chunk_size >= len(side) for side in sides):
+        loss = loss_fn(*(encoder.embed_prepared(encoder.prepare_targets(side, engine, cache), engine) for side in sides))
         loss.backward()
         return loss.detach()
-    spans = [slice(start, start + chunk_size) for start in range(0, len(texts), chunk_size)]
-    prepared = [(encoder.prepare_texts(texts[s], engine, cache), encoder.prepare_targets(targets[s], engine, cache))
-                for s in spans]
-    with torch.no_grad():
-        text_emb = torch.cat([encoder.embed_prepared(t, engine) for t, _ in prepared]).requires_grad_()  # (B, d)
-        target_emb = torch.cat([encoder.embed_prepared(i, engine) for _, i in prepared]).requires_grad_()
-    loss = loss_fn(text_emb, target_emb)
+    chunks = [[(span, encoder.prepare_targets(side[span], engine, cache))
+               for span in (slice(start, start + chunk_size) for start in range(0, len(side), chunk_size))]
+              for side in sides]
+    with torch.no_grad():  # (B, d) per side; (B·K, d) for the negatives
+        embeddings = [torch.cat([encoder.embed_prepared(part, engine) for _, part in side]).requires_grad_()
+                      for side in chunks]
+    loss = loss_fn(*embeddings)
     loss.backward()  # the temperature's gradient, and the loss's gradient at every embedding
-    for span, (text_part, target_part) in zip(spans, prepared):
-        torch.autograd.backward([encoder.embed_prepared(text_part, engine), encoder.embed_prepared(target_part, engine)],
-                                [text_emb.grad[span], target_emb.grad[span]])
+    for side, embedded in zip(chunks, embeddings):
+        for span, part in side:
+            encoder.embed_prepared(part, engine).backward(embedded.grad[span])
     return loss.detach()
 
 
-def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
+def train(encoder: Encoder, dataset: ImageTextDataset | PairDataset, config: TrainConfig, *,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, progress: bool | None = None,
           on_step: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `encoder`'s trainable tensors in place on `dataset`; returns the per-step history.
@@ -398,7 +447,8 @@ def train(encoder: Encoder, dataset: ImageTextDataset, config: TrainConfig, *,
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
         loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache,
-                          chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm)
+                          chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm,
+                          negatives=plan.negatives(step))
         result.train_seconds += time.perf_counter() - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}

@@ -6,13 +6,15 @@
 
 from .formats import (DATASET_INFO, KARPATHY_SPLITS, SPLIT_CHOICES, load_dataset, load_jsonl, load_karpathy,
                       write_dataset_info, write_jsonl)
+from .pairs import Input, PairDataset, PairRecord, load_pairs, write_pairs
 from .images import IMAGE_SUFFIXES, PAD_GREY, load_image, pad_to_square
 from .records import (BAD_RECORD_POLICIES, IMAGE_DIRECTIONS, ImageRecord, ImageTextDataset, Record, SkippedRecord,
                       TextRecord)
 
 __all__ = [
     "BAD_RECORD_POLICIES", "DATASET_INFO", "IMAGE_DIRECTIONS", "IMAGE_SUFFIXES", "KARPATHY_SPLITS", "PAD_GREY",
-    "SPLIT_CHOICES", "ImageRecord", "ImageTextDataset", "Record", "SkippedRecord", "TextRecord", "load_dataset",
+    "SPLIT_CHOICES", "ImageRecord", "Input", "PairDataset", "PairRecord", "load_pairs", "write_pairs",
+    "ImageTextDataset", "Record", "SkippedRecord", "TextRecord", "load_dataset",
     "load_image", "load_jsonl", "load_karpathy", "pad_to_square", "write_dataset_info", "write_jsonl",
 ]
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write, require_positive_int
 from ..errors import DataError
 from .images import image_problem
+from .pairs import PairDataset
 from .records import Collector, ImageRecord, ImageTextDataset, Record, TextRecord, error, exc_reason
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
@@ -313,9 +314,10 @@ def load_dataset(
     check_images: bool = True,
     directions: tuple[str, str] | None = None,
     max_captions: int | None = None,
-) -> ImageTextDataset:
-    """Load a dataset by file type: *.jsonl is our format, *.json a Karpathy split file.
-    `max_captions`: keep the first N captions of each record (None: all)."""
+) -> ImageTextDataset | PairDataset:
+    """Load a dataset by file type: *.jsonl is our format (captioned targets, or pairs in its pair
+    form, returned as a `PairDataset`), *.json a Karpathy split file. `max_captions`: keep the first
+    N captions of each record (None: all)."""
     _check_max_captions(max_captions)  # before the file is read
     path = Path(path)
     accepted = "expected a .jsonl file (our format) or a Karpathy .json file (dataset_coco.json)"
@@ -326,6 +328,10 @@ def load_dataset(
         for flag, value in (("image_root", image_root), ("split", split)):
             if value is not None:
                 raise error(str(path), f"{flag} applies only to Karpathy .json files, not JSONL")
+        from .pairs import is_pair_file, load_pairs  # pairs.py reads lines with this module's reader
+
+        if is_pair_file(path):  # the pair form: {"query": ..., "positive": ..., "negatives": [...]}
+            return load_pairs(path, on_bad_record=on_bad_record, check_images=check_images)
         return load_jsonl(path, on_bad_record=on_bad_record, check_images=check_images, directions=directions,
                           max_captions=max_captions)
     if suffix == ".json":
