@@ -161,7 +161,7 @@ def test_eval_passes_its_tie_rule(monkeypatch, tmp_path):
         seen.append(ties)
         return {"t2i": {"R@1": 1.0}, "i2t": {"R@1": 1.0}, "n_images": 1, "n_texts": 1, "ties": ties}
 
-    monkeypatch.setattr(slq.cli.encode, "load_data", lambda *args: _words())
+    monkeypatch.setattr(slq.cli.encode, "load_data", lambda *args, **kwargs: _words())
     monkeypatch.setattr(slq.cli.encode, "retriever", lambda args, adapter: None)
     monkeypatch.setattr(slq.evaluation.retrieval, "evaluate", evaluate)
     for flags in (["--ties", "strict"], []):
@@ -179,7 +179,7 @@ def test_compare_passes_its_tie_rule_to_every_evaluator(monkeypatch, tmp_path):
         seen.append([ev.ties for ev in evaluators])
         return {"methods": {}}
 
-    monkeypatch.setattr(slq.cli.compare, "load_data", lambda *args: _words())
+    monkeypatch.setattr(slq.cli.compare, "load_data", lambda *args, **kwargs: _words())
     monkeypatch.setattr(slq.evaluation.compare, "compare", compare)
     argv = ["compare", "--backbone", "b", "--train", "t.jsonl", "--test", "t.jsonl", "--val", "v.jsonl"]
     assert main([*argv, "--ties", "strict"]) == 0 and main(argv) == 0
@@ -206,7 +206,7 @@ def test_image_fit_reaches_every_backbone_load_only_when_given(command):
 def test_a_bad_image_fit_for_the_backbone_is_reported_as_its_flag(tiny_dirs, tmp_path, capsys, monkeypatch):
     import slq.cli.train
 
-    monkeypatch.setattr(slq.cli.train, "load_data", lambda *args: _words())
+    monkeypatch.setattr(slq.cli.train, "load_data", lambda *args, **kwargs: _words())
     assert main(["train", "--backbone", str(tiny_dirs["gemma3_text"]), "--train", "x.jsonl", "--out",
                  str(tmp_path / "out"), "--image-fit", "square"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("slq: error: --image-fit square: ")

@@ -26,10 +26,21 @@ output as one process to float rounding, also across a resume with another proce
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="Recall@1/5/10 in both directions on a captioned image set")
+    p = sub.add_parser("eval", help="Recall@1/5/10 in both directions on a captioned image set, or hit@1 on "
+                                    "MMEB-format tasks (--mmeb)")
     backbone_options(p)
     p.add_argument("--adapter", required=True, type=Path, help="adapter folder written by `slq train`")
-    data_options(p, "--data", "evaluation data", "test")
+    data_options(p, "--data", "evaluation data", "test", required=False)
+    p.add_argument("--mmeb", type=Path, default=None, metavar="DIR",
+                   help="instead of --data: a folder of MMEB-format datasets (NAME.jsonl, NAME.parquet or NAME/ of "
+                        "them; e.g. MMEB-eval's files, or `slq data mmeb-suite`'s eval/), image paths relative to "
+                        "--image-root (default: DIR); scores hit@1 of each query over its own candidates, per "
+                        "dataset, meta-task and overall")
+    p.add_argument("--datasets", default=None, metavar="A,B",
+                   help="with --mmeb: only these datasets (default: every one in the folder); names not found are "
+                        "reported")
+    p.add_argument("--max-queries", type=positive_int, default=None, metavar="N",
+                   help="with --mmeb: the first N queries of each dataset (a quick look; default: all)")
     batch_option(p)
     ties_option(p)
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
@@ -67,9 +78,41 @@ def run_eval(args: argparse.Namespace) -> None:
     from ..evaluation.metrics import format_recall_table
     from ..evaluation.retrieval import evaluate
 
+    if (args.data is None) == (args.mmeb is None):
+        raise SLQError("give --data (a captioned set) or --mmeb (a folder of MMEB-format datasets), not both" if
+                       args.data is not None else "give --data (a captioned set) or --mmeb (a folder of MMEB-format "
+                       "datasets)")
+    if args.mmeb is not None:
+        return _run_eval_mmeb(args)
+    for flag in ("datasets", "max_queries"):
+        if getattr(args, flag) is not None:
+            raise SLQError(f"--{flag.replace('_', '-')} applies only with --mmeb")
     dataset = load_data(args, args.data, args.split, "test")
     report = evaluate(retriever(args, args.adapter), dataset, batch_size=args.batch_size, ties=args.ties)
     print(format_recall_table(report, title=f"{dataset.name}: {args.adapter}", directions=dataset.directions))
+    if args.report is not None:
+        write_json(args.report, report)
+        print(f"slq: report written to {args.report}")
+
+
+def _run_eval_mmeb(args: argparse.Namespace) -> None:
+    from ..data.mmeb import load_mmeb
+    from ..evaluation.mmeb import evaluate_mmeb, format_mmeb_table
+
+    for flag in ("split", "max_captions"):
+        if getattr(args, flag) is not None:
+            raise SLQError(f"--{flag.replace('_', '-')} applies only with --data")
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()] if args.datasets else None
+    tasks, missing = load_mmeb(args.mmeb, names, image_root=args.image_root, on_bad_record=args.on_bad_record,
+                               max_queries=args.max_queries)
+    for name in missing:
+        logger.warning("dataset %s not found in %s", name, args.mmeb)
+    for task in tasks:
+        for skipped in task.skipped:
+            logger.warning("skipped %s: %s", skipped.source, skipped.reason)
+    report = evaluate_mmeb(retriever(args, args.adapter), tasks, batch_size=args.batch_size, ties=args.ties,
+                           missing=missing)
+    print(format_mmeb_table(report, title=f"{args.mmeb}: {args.adapter}"))
     if args.report is not None:
         write_json(args.report, report)
         print(f"slq: report written to {args.report}")

@@ -106,10 +106,14 @@ def bad_record_option(p: argparse.ArgumentParser) -> None:
                         "and listed (skip)")
 
 
-def data_options(p: argparse.ArgumentParser, flag: str, what: str, default_split: str) -> None:
-    p.add_argument(flag, required=True, type=Path,
-                   help=f"{what}: our JSONL (one {{\"image\" or \"text\", \"captions\"}} record per line) or a Karpathy "
-                        "split file (dataset_coco.json / dataset_flickr30k.json)")
+def data_options(p: argparse.ArgumentParser, flag: str, what: str, default_split: str, required: bool = True,
+                 pairs: bool = False) -> None:
+    """The dataset flag and how to read it; `pairs`: the command also takes our JSONL's pair form."""
+    pair_form = (", or its pair form: {\"query\", \"positive\", \"negatives\"}, each side a text, an image or "
+                 "both, with an optional instruction") if pairs else ""
+    p.add_argument(flag, required=required, type=Path,
+                   help=f"{what}: our JSONL (one {{\"image\" or \"text\", \"captions\"}} record per line{pair_form}) "
+                        "or a Karpathy split file (dataset_coco.json / dataset_flickr30k.json)")
     p.add_argument("--image-root", type=Path, default=None,
                    help="Karpathy files only: folder the image paths are relative to (default: the file's folder)")
     p.add_argument("--split", default=None, help=f"Karpathy files only: train, val, test, restval or train+restval "
@@ -133,15 +137,20 @@ def batch_option(p: argparse.ArgumentParser, default: int = 32) -> None:
                    help=f"items per forward pass (default: {default})")
 
 
-def load_data(args, path: Path, split: str | None, default_split: str):
+def load_data(args, path: Path, split: str | None, default_split: str, *, pairs: bool = False):
     """Load a dataset flag's file; Karpathy files get `split`, or the flag's own default split.
-    Skipped records are logged, one line each."""
-    from ..data import load_dataset
+    Skipped records are logged, one line each. Pair data (our JSONL's pair form) only where the
+    command takes it (`pairs`)."""
+    from ..data import PairDataset, load_dataset
+    from ..errors import SLQError
 
     if path.suffix.lower() == ".json" and split is None:
         split = default_split
     dataset = load_dataset(path, image_root=args.image_root, split=split, on_bad_record=args.on_bad_record,
                            max_captions=args.max_captions)
+    if isinstance(dataset, PairDataset) and not pairs:
+        raise SLQError(f"{path} holds (query, positive) pairs; this command needs captioned targets "
+                       "({\"image\" or \"text\", \"captions\"} records); score pairs' tasks with slq eval --mmeb")
     for skipped in dataset.skipped:
         logger.warning("skipped %s: %s", skipped.source, skipped.reason)
     if dataset.skipped:

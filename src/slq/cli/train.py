@@ -15,9 +15,10 @@ logger = logging.getLogger("slq")
 def register(sub) -> None:
     from ..train import TrainConfig
 
-    p = sub.add_parser("train", help="learn the latent queries on a captioned image set (backbone frozen)")
+    p = sub.add_parser("train", help="learn the latent queries on a captioned image set, or on (query, positive, "
+                                     "negatives) pairs of inputs of any kind (backbone frozen)")
     backbone_options(p)
-    data_options(p, "--train", "training data", "train")
+    data_options(p, "--train", "training data", "train", pairs=True)
     p.add_argument("--out", required=True, type=Path, help="adapter folder to write")
     add_config_options(p, TrainConfig)
     resume = p.add_mutually_exclusive_group()
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> None:
         raise SLQError(f"{args.out} holds an adapter but no checkpoint to resume; pass --overwrite to train it "
                        "afresh, or choose another --out")
     rank, args.device = init_distributed(args.device)
-    dataset = load_data(args, args.train, args.split, "train")
+    dataset = load_data(args, args.train, args.split, "train", pairs=True)
     encoder = retriever(args, None, num_queries=config.num_queries, seed=config.seed)
     if rank == 0:
         logger.info("training %s parameters (%d queries x %d) on %d records; backbone frozen",
