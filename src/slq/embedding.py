@@ -40,14 +40,14 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_write, require_positive_int
 from .adapter import backbone_mismatch
-from .data import ImageRecord, TextRecord
+from .data import ImageRecord, Input, TextRecord
 from .distributed import distributed_context, rank0_value
 from .encoder import Encoder
 from .errors import SettingError, SLQError
 
 logger = logging.getLogger("slq")
 
-KINDS = ("texts", "targets")  # encode_text, or encode_targets (images, or the texts of text records)
+KINDS = ("texts", "targets", "inputs")  # encode_text, encode_targets (images, or text records' texts), encode_inputs
 MANIFEST_NAME = "manifest.json"
 _FORMAT = 1  # of the work folder; a folder of another format is started over
 
@@ -76,8 +76,9 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     """Write the L2-normalised embeddings of `items` to the .npy file `out`, row i for item i.
 
     `kind` "texts" embeds strings with `encode_text`; "targets" embeds image paths, PIL images or
-    dataset records with `encode_targets`. Every process of a torch.distributed group calls this
-    with the same items (rank and world size default to the group's); pieces go to a work folder
+    dataset records with `encode_targets`; "inputs" embeds `slq.data.Input`s with `encode_inputs`.
+    Every process of a torch.distributed group calls this with the same items (rank and world size
+    default to the group's); pieces go to a work folder
     on a filesystem they all see. Process 0 writes `out` once all pieces exist; the others return
     when theirs are written. `progress` None shows rank 0's bar only on a terminal.
     """
@@ -119,7 +120,7 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     bar = tqdm(total=sum(spans[k][1] - spans[k][0] for k in mine), unit="item",
                desc=f"embedding {kind}" + (f" (process 0 of {world_size})" if world_size > 1 else ""),
                disable=True if rank != 0 else None if progress is None else not progress)
-    encode = encoder.encode_text if kind == "texts" else encoder.encode_targets
+    encode = {"texts": encoder.encode_text, "targets": encoder.encode_targets, "inputs": encoder.encode_inputs}[kind]
     for k in mine:
         start, end = spans[k]
         _write_piece(folder, k, encode(items[start:end], batch_size=batch_size, show_progress_bar=False),
@@ -147,7 +148,13 @@ def items_sha256(items: Sequence, kind: str = "texts") -> str:
     is a path), records' images or texts (not the image files' content), pixels of PIL images."""
     digest = hashlib.sha256()
     for item in items:
-        if isinstance(item, Image.Image):
+        if isinstance(item, Input):
+            image = item.image
+            if isinstance(image, Image.Image):
+                image = f"pil:{image.mode}:{image.size}:{hashlib.sha256(image.tobytes()).hexdigest()}"
+            key = ["input", item.text, None if image is None else str(image) if isinstance(image, str)
+                   else os.path.abspath(image), item.instruction]
+        elif isinstance(item, Image.Image):
             key = f"pil:{item.mode}:{item.size}:{hashlib.sha256(item.tobytes()).hexdigest()}"
         elif isinstance(item, TextRecord):
             key = f"text-record:{item.text}"

@@ -95,6 +95,25 @@ def test_embed_texts_and_images(trained, shapes_jsonl, tmp_path):
     assert np.allclose(library, t, atol=1e-6)
 
 
+def test_embed_inputs_of_mixed_kinds(trained, shapes_jsonl, tmp_path):
+    backbone, adapter, _ = trained
+    image = str(shapes_jsonl.parent / "images" / "000.png")
+    lines = ["a red circle", {"image": image}, {"text": "what colour is it?", "image": image,
+                                                 "instruction": "Answer the question:"}]
+    path = _write(tmp_path / "inputs.jsonl", [json.dumps(x) if isinstance(x, str) else x for x in lines])
+    slq("embed", "--backbone", backbone, "--adapter", adapter, "--inputs", path, "--out", tmp_path / "x.npy")
+    from slq import SLQRetriever
+    from slq.data import Input
+
+    library = SLQRetriever.from_pretrained(backbone, adapter).encode_inputs(
+        [Input("a red circle"), Input(image=image), Input("what colour is it?", image, "Answer the question:")])
+    assert np.allclose(np.load(tmp_path / "x.npy"), library, atol=1e-6)
+    bad = _write(tmp_path / "bad.jsonl", ['{"instruction": "Find:"}'])
+    proc = slq("embed", "--backbone", backbone, "--adapter", adapter, "--inputs", bad, "--out", tmp_path / "y.npy",
+               check=False)
+    assert proc.returncode == 2 and "bad.jsonl:1" in proc.stderr
+
+
 def _write(path: Path, records) -> Path:
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
     return path

@@ -65,6 +65,9 @@ def register(sub) -> None:
     source.add_argument("--images", type=Path,
                         help="folder of images (rows in sorted file-name order) or a .jsonl dataset (record order; "
                              "its targets: images, or the texts of a text-pair dataset)")
+    source.add_argument("--inputs", type=Path,
+                        help="JSONL of inputs of any kind, one per line: {\"text\", \"image\", \"instruction\"} "
+                             "with a text, an image or both (row i = line i; kinds may mix)")
     p.add_argument("--out", required=True, type=Path, help="output .npy file, shape (n, hidden size), float32")
     p.add_argument("--piece-size", type=positive_int, default=1024, metavar="N",
                    help="pieces of N items are written to OUT.parts/ as they finish, so a killed run resumes where it "
@@ -140,15 +143,20 @@ def run_gap(args: argparse.Namespace) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    from ..data.readers import list_targets, read_texts
+    from ..data.readers import list_targets, read_inputs, read_texts
     from ..distributed import init_distributed
     from ..embedding import embed_corpus
 
     rank, args.device = init_distributed(args.device)
     if rank != 0:  # every process reads the same corpus: process 0 speaks for all
         logger.setLevel(logging.ERROR)
-    items = read_texts(args.texts) if args.texts is not None else list_targets(args.images, args.on_bad_record)
-    result = embed_corpus(retriever(args, args.adapter), items, args.out, kind="texts" if args.texts is not None else "targets",
-                          piece_size=args.piece_size, batch_size=args.batch_size)
+    if args.texts is not None:
+        items, kind = read_texts(args.texts), "texts"
+    elif args.inputs is not None:
+        items, kind = read_inputs(args.inputs), "inputs"
+    else:
+        items, kind = list_targets(args.images, args.on_bad_record), "targets"
+    result = embed_corpus(retriever(args, args.adapter), items, args.out, kind=kind, piece_size=args.piece_size,
+                          batch_size=args.batch_size)
     if rank == 0:
         print(f"slq: {result.rows} embeddings of width {result.width} written to {args.out}")

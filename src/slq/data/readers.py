@@ -1,5 +1,6 @@
-"""What `slq embed` (and later `slq index`) reads: a text file of one text a line, or a folder of
-images, or a JSONL dataset's targets. Row i of the output is line i, file i, or record i."""
+"""What `slq embed` (and later `slq index`) reads: a text file of one text a line, a folder of
+images, a JSONL dataset's targets, or a JSONL file of inputs of any kind. Row i of the output is
+line i, file i, or record i."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import os
 from pathlib import Path
 
 from .formats import load_jsonl
-from .images import IMAGE_SUFFIXES
-from .records import Record, error
+from .images import IMAGE_SUFFIXES, image_problem
+from .pairs import Input, parse_side
+from .records import Record, error, exc_reason
 
 logger = logging.getLogger("slq")
 
@@ -49,3 +51,28 @@ def list_targets(path: str | os.PathLike, on_bad_record: str = "error") -> list[
             logger.warning("skipped %s: %s (no row for it)", skipped.source, skipped.reason)
         return dataset.records
     raise error(str(path), "expected a folder of images or a .jsonl dataset")
+
+
+def read_inputs(path: str | os.PathLike) -> list[Input]:
+    """A JSONL file of inputs, one per line: {"text": …, "image": …, "instruction": …} with a text,
+    an image (relative to the file's folder) or both, or a plain JSON string for a text. Any bad
+    line or unreadable image is an error naming it: row i of the output is line i."""
+    import json
+
+    from .formats import _jsonl_lines, _read_bytes  # the line reader all our JSONL shares
+
+    path = Path(path)
+    base = Path(os.path.abspath(path)).parent
+    inputs = []
+    for number, line in _jsonl_lines(_read_bytes(path)):
+        try:
+            inputs.append(parse_side(json.loads(line.decode("utf-8")), base, "input"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise error(f"{path}:{number}", exc_reason(e)) from None
+        image = inputs[-1].image
+        problem = image_problem(image) if image is not None else None
+        if problem:
+            raise error(f"{path}:{number}", problem)
+    if not inputs:
+        raise error(str(path), "no inputs")
+    return inputs
