@@ -131,12 +131,12 @@ class Encoder:
 
     def input_batch(self, inputs: Sequence[Input]) -> PrefixBatch:
         """Inputs all with images or all without, as prompts: the image (if any), then the
-        instruction and the text on lines of their own, then the encoder's own instruction. A
+        instruction and the text after it, then the encoder's own instruction. A
         plain text or image gives exactly the prompt of `text_batch` / `image_batch`."""
         with_image = {x.image is not None for x in inputs}
         assert len(with_image) == 1, "a model call takes images for all of its rows or none (see prepare_inputs)"
-        bodies = ["\n".join(p for p in (x.instruction, self.backbone.truncate(x.text) if x.text else "") if p)
-                  for x in inputs]
+        bodies = [" ".join(p for p in (x.instruction, self.backbone.truncate(x.text) if x.text else "") if p)
+                  for x in inputs]  # "Instruction: text", as MMEB's own files write their queries
         if not with_image.pop():
             return self.backbone.text_batch(bodies, instruction=self.text_instruction, truncate=False)
         opened = [x.image if isinstance(x.image, Image.Image) else load_image(x.image) for x in inputs]

@@ -12,6 +12,7 @@ from dataclasses import fields
 import pytest
 
 from slq.cli import build_parser, main, setup_logging
+from slq.data.mmeb_suite import SuiteConfig
 from slq.data.shapes import WorldConfig
 from slq.data.wordnet import WordNetSplit
 from slq.recipes.demo import DemoConfig
@@ -35,6 +36,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every", "save_minutes", "save_epochs", "compile")),
     (("demo",), DemoConfig, ("seed",)),
     (("evidence",), EvidenceConfig, ()), (("data", "shapes"), WorldConfig, ()), (("data", "wordnet"), WordNetSplit, ()),
+    (("data", "mmeb-suite"), SuiteConfig, ()),
 ])
 def test_every_config_field_is_a_flag_with_the_config_default(command, config, skip):
     options = _options(_subparser(*command))
