@@ -21,10 +21,10 @@ import sys
 
 from .._version import __version__
 from ..errors import EXIT_USAGE, SLQError
-from . import compare, data, encode, index, recipes, serve, tiny, train
+from . import compare, data, encode, index, mine, recipes, serve, tiny, train
 from .options import flag_of
 
-COMMAND_GROUPS = (train, encode, index, serve, compare, recipes, data, tiny)
+COMMAND_GROUPS = (train, encode, index, mine, serve, compare, recipes, data, tiny)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default=0) -> None:
