@@ -110,3 +110,36 @@ def test_slq_train_reads_pair_jsonl(tiny_dirs, shapes_jsonl, tmp_path):
     assert "adapter written" in proc.stdout
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["training"]["hard_negatives"] == 1
+
+
+def test_a_target_met_twice_in_a_batch_is_not_its_own_negative():
+    """Pairs 0 and 1 share their positive ("red"): neither counts the other's copy as a negative, in
+    either direction, nor a hard negative that is that same input."""
+    texts, images, negatives = _unit(3, 8), _unit(3, 8, seed=1), _unit(2, 8, seed=2)
+    images[1], negatives[0] = images[0], images[0]  # the copies are the same input
+    texts[1] = F.normalize(images[0] + 0.3 * texts[1], dim=0)  # close to it, as a trained query is
+    loss_fn = ContrastiveLoss(temperature=0.1)
+    labels, negative_labels = torch.tensor([5, 5, 7]), torch.tensor([5, 9])
+    masked = loss_fn(texts, images, negatives, labels=labels, negative_labels=negative_labels)
+    t2i = texts @ torch.cat([images, negatives]).T / 0.1  # (3, 5)
+    keep = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 1, 0, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    t2i = t2i.masked_fill(~keep, float("-inf"))
+    i2t = (texts @ images.T / 0.1).T.masked_fill(~keep[:, :3].T, float("-inf"))
+    expected = (F.cross_entropy(t2i, torch.arange(3)) + F.cross_entropy(i2t, torch.arange(3))) / 2
+    assert masked.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert masked.item() < loss_fn(texts, images, negatives).item() - 0.3, "the copies still count as negatives"
+
+
+def test_the_plan_labels_equal_inputs_alike(shapes_jsonl):
+    records = _pairs(shapes_jsonl, negatives=1).records
+    same = PairRecord(Input("another caption"), records[0].positive, (records[0].positive,), "pairs:x")
+    data = PairDataset([*records[:3], same], "labels")
+    plan = BatchPlan(data, TrainConfig(batch_size=4, hard_negatives=1))
+    positives, negatives = plan.labels(0)
+    by_query = {data.records[i].query: i for i in range(4)}
+    _, queries = plan(0)
+    order = [by_query[q] for q in queries]
+    first, last = order.index(0), order.index(3)
+    assert positives[first] == positives[last] and len(set(positives.tolist())) == 3
+    assert negatives[last] == positives[last], "a negative equal to a positive shares its label"
+    assert BatchPlan(load_jsonl(shapes_jsonl), TrainConfig(batch_size=4)).labels(0) is None

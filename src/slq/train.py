@@ -196,16 +196,36 @@ class BatchPlan:
     def negatives(self, step: int) -> list:
         """`hard_negatives` negatives of each of this process's pairs at `step`, pair by pair (B·K
         inputs; empty when off): drawn without replacement from the record's, seeded by (seed, step)."""
+        return [n for pair in self._negatives(step)[self._mine()] for n in pair]
+
+    def labels(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For pair data: what each positive and each hard negative of the whole global batch is,
+        as integers (equal inputs, equal labels), so the loss never counts a pair's own positive,
+        met again elsewhere in the batch, as its negative; None for captioned data."""
+        if not isinstance(self.dataset, PairDataset):
+            return None
+        names: dict = {}
+
+        def label(x) -> int:
+            key = x.key() if x.key() is not None else ("pixels", id(x.image))
+            return names.setdefault(key, len(names))
+
+        positives = [label(self.dataset.records[i].positive) for i in self._picked(step)]
+        negatives = [label(n) for pair in self._negatives(step) for n in pair]
+        return torch.tensor(positives), torch.tensor(negatives, dtype=torch.long)
+
+    def _negatives(self, step: int) -> list[list]:
+        """Each global pair's drawn negatives (drawn for the whole global batch: the same on every process)."""
         k = self.config.hard_negatives
         if not k:
-            return []
+            return [[] for _ in range(self.global_batch)]
         epoch, within = divmod(step, self.steps_per_epoch)
         draw = seeded_generator("slq-train", self.config.seed, epoch, within, "negatives")
         chosen = []
-        for i in self._picked(step):  # draws for the whole global batch: the same on every process
+        for i in self._picked(step):
             negatives = self.dataset.records[i].negatives
             chosen.append([negatives[j] for j in torch.randperm(len(negatives), generator=draw)[:k].tolist()])
-        return [n for pair in chosen[self._mine()] for n in pair]
+        return chosen
 
     def _picked(self, step: int) -> list[int]:
         epoch, within = divmod(step, self.steps_per_epoch)
@@ -345,16 +365,18 @@ def make_optimizer(encoder: Encoder, loss_fn: ContrastiveLoss, config: TrainConf
 
 def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer, texts: list,
                targets: list, engine: str = "cached", cache: PromptCache | None = None, *, chunk_size: int = 0,
-               clip_grad_norm: float = 0.0, negatives: list | None = None) -> float:
+               clip_grad_norm: float = 0.0, negatives: list | None = None,
+               labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """One optimisation step on B aligned (query, target) pairs; returns the loss.
 
     Queries are captions or `Input`s; targets are image records (or images), `TextRecord`s for a
     text-pair dataset, or `Input`s. `negatives` (B·K, any of those kinds) join every query's
-    candidates. With a `cache`, prompts already run in an earlier epoch are not run again (SLQ,
+    candidates; `labels` (`BatchPlan.labels`) keep equal targets from counting as each other's
+    negatives. With a `cache`, prompts already run in an earlier epoch are not run again (SLQ,
     cached engine). `chunk_size` bounds memory by the chunk (see `contrastive_backward`).
     """
     optimizer.zero_grad(set_to_none=True)
-    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size, negatives)
+    loss = contrastive_backward(encoder, loss_fn, texts, targets, engine, cache, chunk_size, negatives, labels)
     trainable = list(encoder.trainable_tensors().values())
     if loss_fn.world_size > 1:
         sync_gradients(trainable, loss_fn.log_temperature, loss_fn.world_size)
@@ -366,7 +388,8 @@ def train_step(encoder: Encoder, loss_fn: ContrastiveLoss, optimizer: torch.opti
 
 def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list, targets: list,
                          engine: str = "cached", cache: PromptCache | None = None, chunk_size: int = 0,
-                         negatives: list | None = None) -> torch.Tensor:
+                         negatives: list | None = None, labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         ) -> torch.Tensor:
     """The batch's loss, its gradient accumulated into what trains (and the temperature).
 
     With `chunk_size` smaller than the batch, the step runs in chunks, as GradCache does: every
@@ -379,8 +402,10 @@ def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list
     again. Hard `negatives` are a third side, chunked the same way.
     """
     sides = [texts, targets] + ([negatives] if negatives else [])
+    named = {"labels": labels[0], "negative_labels": labels[1]} if labels is not None else {}
     if not chunk_size or all(chunk_size >= len(side) for side in sides):
-        loss = loss_fn(*(encoder.embed_prepared(encoder.prepare_targets(side, engine, cache), engine) for side in sides))
+        loss = loss_fn(*(encoder.embed_prepared(encoder.prepare_targets(side, engine, cache), engine) for side in sides),
+                       **named)
         loss.backward()
         return loss.detach()
     chunks = [[(span, encoder.prepare_targets(side[span], engine, cache))
@@ -389,7 +414,7 @@ def contrastive_backward(encoder: Encoder, loss_fn: ContrastiveLoss, texts: list
     with torch.no_grad():  # (B, d) per side; (B·K, d) for the negatives
         embeddings = [torch.cat([encoder.embed_prepared(part, engine) for _, part in side]).requires_grad_()
                       for side in chunks]
-    loss = loss_fn(*embeddings)
+    loss = loss_fn(*embeddings, **named)
     loss.backward()  # the temperature's gradient, and the loss's gradient at every embedding
     for side, embedded in zip(chunks, embeddings):
         for span, part in side:
@@ -448,7 +473,7 @@ def train(encoder: Encoder, dataset: ImageTextDataset | PairDataset, config: Tra
         records, texts = plan(step)
         loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache,
                           chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm,
-                          negatives=plan.negatives(step))
+                          negatives=plan.negatives(step), labels=plan.labels(step))
         result.train_seconds += time.perf_counter() - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}
