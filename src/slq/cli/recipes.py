@@ -1,4 +1,5 @@
-"""`slq demo` and `slq evidence`: the complete runs behind `make demo` and `make evidence`."""
+"""`slq demo`, `slq evidence` and `slq mmeb-bench`: the complete runs behind `make demo`, `make
+evidence` and `make mmeb`."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def register(sub) -> None:
                    help="methods run at once, sharing the threads (default: 1; on a 2-core CPU, 2 is faster)")
     p.set_defaults(func=run_evidence)
 
+    from ..recipes.mmeb import MMEB_METHODS, MMEBBenchConfig
+
+    p = sub.add_parser("mmeb-bench", help="MMEB-style tasks (classification, VQA, retrieval, grounding) on the "
+                                          "shapes world: zero-shot, SLQ and LoRA, with and without mined hard "
+                                          "negatives, hit@1 per dataset (what `make mmeb` runs)")
+    p.add_argument("--out", type=Path, default=Path("runs/mmeb"), help="output folder (default: runs/mmeb)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="checkpoint folder (default: slq-tiny-vl, the shipped pretrained backbone)")
+    p.add_argument("--methods", default=",".join(MMEB_METHODS), help="comma-separated (default: %(default)s)")
+    add_config_options(p, MMEBBenchConfig)
+    p.set_defaults(func=run_mmeb_bench)
+
 
 def run_demo(args: argparse.Namespace) -> None:
     from ..evaluation.report import format_comparison
@@ -55,3 +68,12 @@ def run_evidence(args: argparse.Namespace) -> None:
     print(format_comparison(report))
     print(f"slq: report written to {args.out / 'report.json'}, plots to {args.out / 'recall.png'} and "
           f"{args.out / 'gap.png'}")
+
+
+def run_mmeb_bench(args: argparse.Namespace) -> None:
+    from ..recipes.mmeb import MMEBBenchConfig, format_mmeb_comparison, run_mmeb_bench
+
+    report = run_mmeb_bench(args.out, config_from_args(MMEBBenchConfig, args), backbone_dir=args.backbone,
+                            methods=[m.strip() for m in args.methods.split(",") if m.strip()])
+    print(format_mmeb_comparison(report))
+    print(f"slq: report written to {args.out / 'report.json'}, table to {args.out / 'table.md'}")

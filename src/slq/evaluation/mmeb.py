@@ -31,22 +31,25 @@ def hit_at_1(scores: list[np.ndarray], ties: str = "average") -> float:
     return 100.0 * hits / len(scores) if scores else 0.0
 
 
-def score_task(encoder: Encoder, task: MMEBTask, *, batch_size: int = 32, show_progress_bar: bool | None = None
-               ) -> list[np.ndarray]:
-    """Each query's cosine to each of its candidates (row i: query i's candidates, positive first)."""
-    distinct: dict = {}
+def _key(x):
+    return x.key() if x.key() is not None else ("pixels", id(x))
+
+
+def score_tasks(encoder: Encoder, tasks: list[MMEBTask], *, batch_size: int = 32,
+                show_progress_bar: bool | None = None) -> list[list[np.ndarray]]:
+    """Per task, each query's cosine to each of its candidates (row i: query i's candidates,
+    positive first). Every distinct input of all tasks is embedded once, in one call, so batches
+    stay full however small each dataset is."""
+    rows: dict = {}
     inputs = []
-    for x in [*task.queries, *(c for cs in task.candidates for c in cs)]:
-        key = x.key() if x.key() is not None else ("pixels", id(x))
-        if key not in distinct:
-            distinct[key] = len(inputs)
-            inputs.append(x)
-
-    def row(x) -> int:
-        return distinct[x.key() if x.key() is not None else ("pixels", id(x))]
-
+    for task in tasks:
+        for x in [*task.queries, *(c for cs in task.candidates for c in cs)]:
+            if _key(x) not in rows:
+                rows[_key(x)] = len(inputs)
+                inputs.append(x)
     emb = encoder.encode_inputs(inputs, batch_size=batch_size, show_progress_bar=show_progress_bar)  # (n, d)
-    return [emb[[row(c) for c in cs]] @ emb[row(q)] for q, cs in zip(task.queries, task.candidates)]
+    return [[emb[[rows[_key(c)] for c in cs]] @ emb[rows[_key(q)]] for q, cs in zip(task.queries, task.candidates)]
+            for task in tasks]
 
 
 def evaluate_mmeb(encoder: Encoder, tasks: list[MMEBTask], *, batch_size: int = 32,
@@ -55,8 +58,8 @@ def evaluate_mmeb(encoder: Encoder, tasks: list[MMEBTask], *, batch_size: int = 
     not found, reported beside the ones scored."""
     check_ties(ties)
     datasets = {}
-    for task in tasks:
-        scores = score_task(encoder, task, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    for task, scores in zip(tasks, score_tasks(encoder, tasks, batch_size=batch_size,
+                                               show_progress_bar=show_progress_bar)):
         datasets[task.name] = {"meta_task": task.meta_task, "hit@1": round(hit_at_1(scores, ties), 2),
                                "queries": len(task), "candidates_per_query": round(
                                    float(np.mean([len(c) for c in task.candidates])), 1),
