@@ -180,15 +180,15 @@ class MemoryWatchdog:
             time.sleep(0.2)
 
 
-def gemm_flops_per_second() -> float:
+def gemm_flops_per_second(rows: int = 4096) -> float:
     """Matrix-multiply speed of FAISS's BLAS here (what IVF training and exact batch search run on)."""
-    a = np.random.default_rng(0).standard_normal((4096, 1024), dtype=np.float32)
+    a = np.random.default_rng(0).standard_normal((rows, 1024), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((1024, 2048), dtype=np.float32)
     a @ b
     began = time.perf_counter()
     for _ in range(3):
         a @ b
-    return 3 * 2 * 4096 * 1024 * 2048 / (time.perf_counter() - began)
+    return 3 * 2 * rows * 1024 * 2048 / (time.perf_counter() - began)
 
 
 def ann_worker(args) -> dict:
@@ -216,7 +216,7 @@ def ann_worker(args) -> dict:
                              f"ann.build's copies), {available / 2**30:.1f} GiB available")
         return result
     watchdog = MemoryWatchdog(result, int(args.min_free_mb * 2**20))
-    rate = gemm_flops_per_second()
+    rate = gemm_flops_per_second(args.gemm_rows)
     result["gemm_gflops"] = rate / 1e9
     if choice.kind in ("ivf", "ivfpq"):
         nlist = ann.ivf_lists(n)
@@ -625,6 +625,9 @@ def main() -> None:
                         help="time spent on one method's single-query series at most (default 60)")
     parser.add_argument("--max-build-minutes", type=float, default=60.0,
                         help="skip a size whose IVF build is projected to take longer (reports the projection)")
+    parser.add_argument("--gemm-rows", type=int, default=4096,
+                        help="rows of the matrix multiply that measures the speed the IVF projection uses (default "
+                             "4096; smaller is quicker and rougher)")
     parser.add_argument("--memmap-above-mb", type=float, default=2048,
                         help="vectors larger than this live in a memory-mapped file, so the page cache can drop them")
     parser.add_argument("--min-free-mb", type=float, default=1024,

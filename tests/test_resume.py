@@ -69,28 +69,20 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("resume") / "backbone"
-    _ok([sys.executable, "-m", "slq.cli", "tiny-model", "--family", "qwen2_vl", "--out", str(path)])
-    return path
+def backbone(tiny_dirs) -> Path:
+    """The session's tiny qwen2_vl: what `slq tiny-model --family qwen2_vl` writes (tested in test_cli)."""
+    return tiny_dirs["qwen2_vl"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_runs(backbone, shapes_jsonl, tmp_path_factory):
-    """An uninterrupted run's folder per set of extra flags, trained once."""
-    runs: dict[tuple[str, ...], Path] = {}
-
-    def run(extra: tuple[str, ...]) -> Path:
-        if extra not in runs:
-            runs[extra] = tmp_path_factory.mktemp("resume") / "out_a"
-            _ok(_train_cmd(backbone, shapes_jsonl, runs[extra], *extra))
-        return runs[extra]
-    return run
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(uninterrupted_runs) -> Path:
-    return uninterrupted_runs(SAVE_EVERY_STEP)
+def uninterrupted(backbone, shapes_jsonl, tmp_path_factory) -> Path:
+    """The uninterrupted run, trained once with the default settings (a checkpoint at each epoch's end). It is
+    the reference of the save-every-step runs too: how often a run saves is a setting of how it runs, not of
+    what it learns (`slq.train.HOW_NOT_WHAT`), so the adapter, the losses and the final checkpoint must not
+    depend on it."""
+    out = tmp_path_factory.mktemp("resume") / "out_a"
+    _ok(_train_cmd(backbone, shapes_jsonl, out))
+    return out
 
 
 # --- stepping a child process -----------------------------------------------------------------
@@ -160,11 +152,11 @@ def _mark_history(out: Path) -> None:
 
 @pytest.mark.parametrize("extra,kill_at", [(SAVE_EVERY_STEP, KILL_AT), ((), FIRST_EPOCH_END)],
                          ids=["save-every-step", "default-settings"])
-def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_jsonl, uninterrupted_runs, tmp_path,
+def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_jsonl, uninterrupted, tmp_path,
                                                            extra, kill_at):
     """With the default settings a run checkpoints by itself (at each epoch's end): killed after that
     first automatic checkpoint, it resumes to the same adapter."""
-    out_a, out_b = uninterrupted_runs(extra), tmp_path / "out_b"
+    out_a, out_b = uninterrupted, tmp_path / "out_b"
     cmd = _train_cmd(backbone, shapes_jsonl, out_b, *extra)
     for attempt in range(3):  # noqa: B007 (named in the message)  a retry only if this process was descheduled long enough to miss every step
         shutil.rmtree(out_b, ignore_errors=True)
@@ -214,7 +206,7 @@ def test_sigkill_then_resume_gives_a_bit_identical_adapter(backbone, shapes_json
 def test_resume_without_a_checkpoint_starts_afresh(backbone, shapes_jsonl, uninterrupted, tmp_path):
     """A job script may always pass --resume: on its first attempt there is nothing to resume."""
     out = tmp_path / "fresh"
-    proc = _ok(_train_cmd(backbone, shapes_jsonl, out, *SAVE_EVERY_STEP, "--resume"))
+    proc = _ok(_train_cmd(backbone, shapes_jsonl, out, "--resume"))
     assert f"nothing to resume in {out}: starting afresh" in proc.stderr, proc.stderr
     assert _safetensors_parts(out / WEIGHTS_NAME)[1] == _safetensors_parts(uninterrupted / WEIGHTS_NAME)[1]
 

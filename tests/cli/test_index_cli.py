@@ -26,29 +26,44 @@ def built(tmp_path_factory, tiny_dirs, backbones, shapes_jsonl):
     return root, photos, first, adapter
 
 
-def test_index_reports_what_it_did_and_how_to_use_it(built):
+@pytest.fixture
+def run_cli(capsys):
+    """`slq ARGS` in this process (the command's own code, minus a fresh interpreter's start): its stdout.
+    Each command below is also run once as a real process, by `built` and by the first search."""
+    from slq.cli import main
+
+    def run(*args) -> str:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        assert code == 0, f"slq {' '.join(map(str, args))} failed ({code}):\n{captured.err}"
+        return captured.out
+    return run
+
+
+def test_index_reports_what_it_did_and_how_to_use_it(built, run_cli):
     root, photos, first, _ = built
     assert "16 images (16 added, 0 updated, 0 removed, 0 unchanged), 0 skipped; search: flat" in first.stdout
     assert f"slq serve {root / 'idx'}" in first.stdout
     shutil.copy(photos / "set" / "000.png", photos / "copy.png")
-    again = slq("index", "--out", root / "idx")
-    assert "17 images (1 added, 0 updated, 0 removed, 16 unchanged)" in again.stdout
+    again = run_cli("index", "--out", root / "idx")
+    assert "17 images (1 added, 0 updated, 0 removed, 16 unchanged)" in again
     (photos / "copy.png").unlink()
-    assert "(0 added, 0 updated, 1 removed, 16 unchanged)" in slq("index", "--out", root / "idx").stdout
+    assert "(0 added, 0 updated, 1 removed, 16 unchanged)" in run_cli("index", "--out", root / "idx")
 
 
-def test_search_prints_ranked_results_json_and_paths(built):
+def test_search_prints_ranked_results_json_and_paths(built, run_cli):
     root, photos, _, _ = built
     table = slq("search", root / "idx", "--text", "a red circle", "-k", "3").stdout.splitlines()
     assert len(table) == 3 and table[0].split()[0] == "1"
-    result = json.loads(slq("search", root / "idx", "--text", "a red circle", "-k", "3", "--json").stdout)
+    result = json.loads(run_cli("search", root / "idx", "--text", "a red circle", "-k", "3", "--json"))
     scores = [hit["score"] for hit in result["results"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
     assert [line.split()[2] for line in table] == [hit["path"] for hit in result["results"]]
     image = photos / "set" / "005.png"
-    by_image = slq("search", root / "idx", "--image", image, "-k", "2", "--paths").stdout.split()
+    by_image = run_cli("search", root / "idx", "--image", image, "-k", "2", "--paths").split()
     assert by_image[0] == str(image.resolve()) and len(by_image) == 2, "an indexed image finds itself first"
-    both = json.loads(slq("search", root / "idx", "--image", image, "--text", "its colour", "--json").stdout)
+    both = json.loads(run_cli("search", root / "idx", "--image", image, "--text", "its colour", "--json"))
     assert both["query"] == {"text": "its colour", "image": str(image)}
 
 

@@ -219,14 +219,17 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_index(tmp_path, loader,
 
 
 @pytest.mark.slow
-def test_a_killed_index_command_resumes_to_the_uninterrupted_index(tmp_path, adapter, tiny_dirs):
+def test_a_killed_index_command_resumes_to_the_uninterrupted_index(tmp_path, loader, adapter, tiny_dirs):
     folder = make_folder(tmp_path / "photos", n=16)
 
     def command(out):
         return [sys.executable, "-m", "slq.cli", "index", str(folder), "--out", str(out), "--backbone",
                 str(tiny_dirs["qwen2_vl"]), "--adapter", str(adapter), "--batch-size", "2"]
 
-    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, timeout=300)
+    # the uninterrupted index, built in this process (same backbone, adapter and batch size); the killed and
+    # the resumed run are the command's
+    update_index(tmp_path / "whole", folder, backbone=tiny_dirs["qwen2_vl"], adapter=adapter,
+                 config=IndexConfig(batch_size=2), load_retriever=loader, progress=False)
     proc = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once some batches are committed, wherever it is

@@ -318,7 +318,8 @@ def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     variants.write_text(json.dumps({"tiny": {"steps": 2, "stages": [], "batch_size": 4}, "broken": {"steps": 0}}))
     script = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_sweep.py"
     done = subprocess.run([sys.executable, str(script), "--variants", str(variants), "--work", str(tmp_path / "w"),
-                           "--pretrain-images", "32"], capture_output=True, text=True, timeout=600)
+                           "--pretrain-images", "32", "--jobs", "2"],  # the broken one fails beside the other
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, "a failed run makes the sweep fail"
     assert "broken seed 0 failed" in done.stderr and "steps 0: must be" in done.stderr
     rows = [json.loads(line) for line in (tmp_path / "w" / "results.jsonl").read_text().splitlines()]
