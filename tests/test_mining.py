@@ -158,6 +158,20 @@ def test_ties_go_to_the_first_candidate_and_the_query_itself_is_no_negative():
     assert negatives == (Input("d"),), "the query's own text, another pair's positive, ranks first but is no negative"
 
 
+def test_candidates_scored_too_close_to_the_positive_are_skipped_as_likely_right():
+    """q scores its positive a at 0.8; b at 0.79 (above 0.95 x 0.8: perhaps right), c at 0.6."""
+    table = _Table({"q": [1, 0, 0], "a": [0.8, 0.6, 0], "b": [0.79, 0, 0.613], "c": [0.6, 0, 0.8]})
+    data = PairDataset([PairRecord(Input("q"), Input("a"), (), "0"), PairRecord(Input("x"), Input("b"), (), "1"),
+                        PairRecord(Input("y"), Input("c"), (), "2")], "t")
+    table.vectors.update({"x": table.vectors["b"], "y": table.vectors["c"]})
+    plain = mine_negatives(table, data, MiningConfig(k=1, max_similarity=1.0))
+    aware = mine_negatives(table, data, MiningConfig(k=1, max_similarity=1.0, max_relative_score=0.95))
+    assert plain.dataset.records[0].negatives == (Input("b"),)
+    assert aware.dataset.records[0].negatives == (Input("c"),) and aware.skipped_above_positive >= 1
+    with pytest.raises(SettingError, match="max_relative_score"):
+        MiningConfig(max_relative_score=1.5)
+
+
 def test_mined_pairs_train(encoder, pairs):
     eight = PairDataset(pairs.records[:8], "eight")
     mined = mine_negatives(encoder, eight, MiningConfig(k=2, max_similarity=0.999)).dataset

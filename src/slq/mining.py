@@ -11,7 +11,10 @@ query). Three kinds of candidate are never a negative, because they are, or may 
 - another positive of the same query (a caption that fits two images: both are right), or the
   query itself (text-to-text pairs: one pair's query may be another's positive);
 - a near-duplicate of the positive (cosine to it at or above `max_similarity`): a re-encoded copy
-  of an image, a paraphrase of an answer.
+  of an image, a paraphrase of an answer;
+- with `max_relative_score`, a candidate the query scores above that fraction of its positive's
+  score (positive-aware mining, as NV-Retriever does): the top of a ranking holds the most false
+  negatives, candidates that are right but unlabelled (an image a caption also fits).
 
 The pool is embedded once; queries are embedded and scored in blocks, so memory holds the pool's
 embeddings and one block of scores, however many pairs there are. Ranks are deterministic: ties go
@@ -52,6 +55,10 @@ class MiningConfig:
     k: int = setting(4, "hard negatives mined per pair")
     max_similarity: float = setting(0.95, "a candidate whose cosine to the pair's positive is at or above this is "
                                           "a near-duplicate of the positive, not a negative, and is skipped")
+    max_relative_score: float | None = setting(None, "skip a candidate the query scores above this fraction of "
+                                                     "its positive's score: so close to the positive it may well "
+                                                     "be right, a false negative (positive-aware mining, as "
+                                                     "NV-Retriever's 0.95; default: off)")
     group_by: str = setting("task", "a record field (e.g. the task): a pair's candidates come only from pairs with "
                                     "the same value of it (records without it form one group); \"\": one pool")
     keep_existing: bool = setting(False, "append the mined negatives after each record's own instead of replacing "
@@ -62,6 +69,10 @@ class MiningConfig:
         if not (isinstance(self.max_similarity, (int, float)) and not isinstance(self.max_similarity, bool)
                 and -1 <= self.max_similarity <= 1):
             raise SettingError("max_similarity", self.max_similarity, "must be a cosine in [-1, 1]")
+        if self.max_relative_score is not None and not (
+                isinstance(self.max_relative_score, (int, float)) and not isinstance(self.max_relative_score, bool)
+                and 0 < self.max_relative_score <= 1):
+            raise SettingError("max_relative_score", self.max_relative_score, "must be a fraction in (0, 1], or none")
         if not isinstance(self.group_by, str):
             raise SettingError("group_by", self.group_by, "must be a record field name, or \"\" for one pool")
         if not isinstance(self.keep_existing, bool):
@@ -80,6 +91,7 @@ class MiningResult:
     skipped_positive: int = 0  # candidates that were the pair's positive (any name), another of its query's, the query
     skipped_near_duplicate: int = 0  # candidates at or above max_similarity to the positive
     skipped_existing: int = 0  # keep_existing: candidates the record already had
+    skipped_above_positive: int = 0  # max_relative_score: candidates scored too close to the positive
 
     @property
     def pairs(self) -> int:
@@ -137,7 +149,8 @@ class _Picker:
         self.config, self.records, self.all_pool, self.pool_inputs = config, records, pool, pool_inputs
         self.positive_of = positive_of
         self.short: list[tuple[str, int, str]] = []  # as MiningResult.short
-        self.skipped = dict.fromkeys(("skipped_positive", "skipped_near_duplicate", "skipped_existing"), 0)
+        self.skipped = dict.fromkeys(("skipped_positive", "skipped_near_duplicate", "skipped_existing",
+                                      "skipped_above_positive"), 0)
         self.answers: dict[Hashable, set[int]] = {}  # a query -> the pool rows of all its positives
         for i, r in enumerate(records):
             self.answers.setdefault(_identity(r.query), set()).add(positive_of[i])
@@ -157,6 +170,8 @@ class _Picker:
         query = _identity(record.query)
         answers = self.answers[query]
         existing = {_identity(n) for n in record.negatives} if self.config.keep_existing else set()
+        ratio = self.config.max_relative_score
+        ceiling = ratio * float(scores[positive]) if ratio is not None else float("inf")
         chosen: list[Input] = []
         for j in _ranked(scores, floor):
             candidate = self.pool_inputs[self.members[j]]
@@ -167,6 +182,8 @@ class _Picker:
                 self.skipped["skipped_near_duplicate"] += 1
             elif _identity(candidate) in existing:
                 self.skipped["skipped_existing"] += 1
+            elif float(scores[j]) > ceiling:
+                self.skipped["skipped_above_positive"] += 1
             else:
                 chosen.append(candidate)
                 if len(chosen) == k:

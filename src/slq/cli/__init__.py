@@ -2,8 +2,9 @@
 
     train     slq train                  encode    slq eval, slq gap, slq embed
     index     slq index, slq search      serve     slq serve
-    compare   slq compare                recipes   slq demo, slq evidence
-    data      slq data shapes|wordnet    tiny      slq tiny-model
+    compare   slq compare                recipes   slq demo, slq evidence, slq mmeb-bench
+    mine      slq mine-negatives         tiny      slq tiny-model
+    data      slq data shapes|wordnet|mmeb-suite
 
 Training settings come from the library's config dataclasses (`options.add_config_options`), so
 every command that trains takes the same flags with one default each. Library errors name the

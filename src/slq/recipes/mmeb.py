@@ -59,6 +59,9 @@ class MMEBBenchConfig:
     mined: int = setting(3, "negatives mined per pair by the first SLQ adapter")
     max_similarity: float = setting(0.95, "a mined candidate this close (cosine) to the pair's positive is taken "
                                           "for a copy of it and skipped")
+    max_relative_score: float | None = setting(0.95, "positive-aware mining: a candidate the query scores above "
+                                                     "this fraction of its positive's score is taken for a "
+                                                     "possibly right one and skipped")
     hard_negatives: int = setting(1, "of those, drawn into the loss per pair and step (the *_hard_negatives rows)")
     baseline_lr: float = setting(1e-3, "LoRA's peak learning rate")
     baseline_epochs: int = setting(1, "LoRA's epochs")
@@ -162,13 +165,15 @@ def _mined(out: Path, train_data, backbone_dir: Path, config: MMEBBenchConfig):
     path = out / MINED_FILE
     stamp = out / (MINED_FILE + ".json")
     identity = {"adapter_sha256": _file_sha256(out / "adapters" / "slq" / "adapter_model.safetensors"),
-                "k": config.mined, "max_similarity": config.max_similarity, "pairs": len(train_data)}
+                "k": config.mined, "max_similarity": config.max_similarity,
+                "max_relative_score": config.max_relative_score, "pairs": len(train_data)}
     if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == identity:
         return load_pairs(path)
     from ..retriever import SLQRetriever
 
     encoder = SLQRetriever.from_pretrained(backbone_dir, out / "adapters" / "slq")
-    result = mine_negatives(encoder, train_data, MiningConfig(k=config.mined, max_similarity=config.max_similarity),
+    result = mine_negatives(encoder, train_data, MiningConfig(k=config.mined, max_similarity=config.max_similarity,
+                                                              max_relative_score=config.max_relative_score),
                             batch_size=config.eval_batch_size)
     records = result.dataset.records
     if result.short:  # topped up with the suite's random negatives, so every pair keeps `mined`
