@@ -15,8 +15,10 @@ from slq.cli import build_parser, main, setup_logging
 from slq.data.mmeb_suite import SuiteConfig
 from slq.data.shapes import WorldConfig
 from slq.data.wordnet import WordNetSplit
+from slq.mining import MiningConfig
 from slq.recipes.demo import DemoConfig
 from slq.recipes.evidence import EvidenceConfig
+from slq.recipes.mmeb import MMEBBenchConfig
 from slq.train import TrainConfig
 
 
@@ -36,7 +38,8 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     (("train",), TrainConfig, ()), (("compare",), TrainConfig, ("save_every", "save_minutes", "save_epochs", "compile")),
     (("demo",), DemoConfig, ("seed",)),
     (("evidence",), EvidenceConfig, ()), (("data", "shapes"), WorldConfig, ()), (("data", "wordnet"), WordNetSplit, ()),
-    (("data", "mmeb-suite"), SuiteConfig, ()),
+    (("data", "mmeb-suite"), SuiteConfig, ()), (("mmeb-bench",), MMEBBenchConfig, ("world_images", "seed")),
+    (("mine-negatives",), MiningConfig, ()),
 ])
 def test_every_config_field_is_a_flag_with_the_config_default(command, config, skip):
     options = _options(_subparser(*command))
