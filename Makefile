@@ -43,7 +43,7 @@ $(WORDNET):
 evidence: $(EVIDENCE_STAMP) $(WORDNET)
 	$(BIN)/slq evidence --out runs/evidence
 
-# MMEB-style tasks on the shapes world (README "MMEB-style tasks"); about N minutes on 2 cores.
+# MMEB-style tasks on the shapes world (docs/mmeb.md); about 16 minutes on 2 cores.
 mmeb: $(STAMP)
 	$(BIN)/slq mmeb-bench --out runs/mmeb
 
