@@ -352,8 +352,10 @@ def test_slq_serve_command(collection, reference, tmp_path):
     log = tmp_path / "serve.log"
     indexes = [str(collection.indexes[name]) for name in ("shapes-alt", "notes")]
     with open(log, "w") as out:
+        # Ctrl-C as at a terminal, also when the tests run as a background job (which starts with SIGINT ignored)
         proc = subprocess.Popen([sys.executable, "-m", "slq.cli", "serve", *indexes, "--port", "0", "--max-upload-mb",
-                                 "2"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                 "2"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (found := re.search(r"at (http://127\.0\.0\.1:\d+)/", log.read_text())):

@@ -126,7 +126,7 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                              baseline_config_for(config.train_config(), config.baseline_lr, config.baseline_epochs))
     threads = threads_per_method(jobs)
     settings_of = {m.name: row_settings(m, config, backbone_dir, data, threads) for m in specs}
-    saved = _saved_rows(out / ROWS_FILE)
+    saved = saved_rows(out / ROWS_FILE)
     done = {m: entry["row"] for m, entry in saved.items() if m in settings_of and entry.get("settings") == settings_of[m]}
     if done:
         logger.info("      kept from an earlier run with the same settings: %s (%s)", ", ".join(done), out / ROWS_FILE)
@@ -159,8 +159,9 @@ def row_settings(method, config: EvidenceConfig, backbone_dir: Path, data: dict,
     return json.loads(json.dumps(settings))  # as read back from the file
 
 
-def _saved_rows(path: Path) -> dict:
-    """{method: {"settings", "row"}} from an earlier run's rows.json; {} when there is none."""
+def saved_rows(path: Path) -> dict:
+    """{method: {"settings", "row"}} from an earlier run's rows file; {} when there is none (or it is
+    unreadable, said in a warning). `slq mmeb-bench` keeps its rows the same way."""
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:

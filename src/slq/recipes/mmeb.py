@@ -37,6 +37,7 @@ from ..evaluation.mmeb import MMEBEvaluator
 from ..mining import MiningConfig, mine_negatives
 from ..train import TrainConfig
 from .demo import DEFAULT_BACKBONE, DEMO_SEED
+from .evidence import saved_rows
 
 logger = logging.getLogger("slq")
 
@@ -123,7 +124,7 @@ def run_mmeb_bench(out_dir: str | os.PathLike, config: MMEBBenchConfig | None = 
                                                                              for n in methods))]
     settings_of = {name: json.loads(json.dumps({"method": asdict(specs[name]), "backbone": str(backbone_dir),
                                                 "config": asdict(config)})) for name in wanted}
-    saved = _saved_rows(out / ROWS_FILE)
+    saved = saved_rows(out / ROWS_FILE)
     rows = {m: saved[m]["row"] for m in wanted if m in saved and saved[m].get("settings") == settings_of[m]}
     if rows:
         logger.info("      kept from an earlier run with the same settings: %s", ", ".join(rows))
@@ -191,17 +192,6 @@ def _file_sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _saved_rows(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        logger.warning("      ignoring %s: unreadable (%s)", path, e)
-        return {}
-    return saved if isinstance(saved, dict) and all(isinstance(v, dict) and "row" in v for v in saved.values()) else {}
 
 
 def format_mmeb_comparison(report: dict) -> str:
