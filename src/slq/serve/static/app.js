@@ -223,7 +223,9 @@
     if (event.key === "ArrowLeft" && current > 0) openLightbox(current - 1);
     if (event.key === "ArrowRight" && current < results.length - 1) openLightbox(current + 1);
   });
-  lightbox.addEventListener("close", () => grid.children[current]?.querySelector("button")?.focus());
+  // Focus goes back to the result last shown, after the browser has restored it to the opener
+  // (the result first clicked), which some browsers do after this event.
+  lightbox.addEventListener("close", () => setTimeout(() => grid.children[current]?.querySelector("button")?.focus(), 0));
 
   // --- wiring -------------------------------------------------------------------------------
   form.addEventListener("submit", (event) => {
