@@ -41,6 +41,10 @@ def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     assert report["methods"]["slq"]["trainable_params"] == 4 * 32
     assert report["methods"]["lora"]["trainable_params"] < report["methods"]["full_ft"]["trainable_params"]
     assert report["chance_R@1"] == 1 / 16
+    # without a capability probe, the weights' hashes are still recorded: only what trains the LM moves them
+    assert "capability" not in report and report["backbone_sha256"] == report["methods"]["zero_shot_mean"]["weights_sha256"]
+    assert {name for name, m in report["methods"].items() if m["weights_changed"]} == {"lora", "full_ft"}
+    assert report["methods"]["slq_random_init"]["weights_sha256"] != report["backbone_sha256"]
 
 
 def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_path):
@@ -132,8 +136,14 @@ def test_demo_pipeline_smoke(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["methods"]) == list(DEMO_METHODS)
     assert report["chance_R@1"] == 1 / 16
-    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("recall.png", "gap.png", "cost.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # each backbone captioned and answered the world's questions after training; SLQ's as the untouched one's
+    assert report["capability"]["probe"] == "shapes"
+    assert report["methods"]["slq"]["capability"] == report["capability"]["untouched"]
+    assert set(report["methods"]["slq"]["capability_change"].values()) <= {0.0, None}
+    assert "capability_change" not in report["methods"]["slq_random_init"], "its backbone is the random twin"
+    assert "| vqa |" in (tmp_path / "table.md").read_text()
     for name, row in report["methods"].items():  # every method's modality gap, as its table line says
         assert 0 <= row["modality_gap"]["centroid_distance"] <= 2, name
         gap = row["modality_gap"]
@@ -162,6 +172,9 @@ def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shap
     proc = slq(*common, "--val", val, "--report", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())
     assert "validation (val), R@1: zero_shot_mean" in proc.stdout, proc.stdout
+    assert report["capability"]["probe"] == "caption_loss"  # --capability auto, on data without shapes' objects
+    assert (tmp_path / "report.md").read_text().startswith("| method | trainable params |")
+    assert "| validation R@5 t2i |" in proc.stdout and (tmp_path / "report-cost.png").read_bytes()[:4] == b"\x89PNG"
     assert set(report["evaluations"]["validation"]["methods"]["zero_shot_mean"]) == {"t2i", "i2t", "modality_gap"}
 
 
@@ -177,3 +190,19 @@ def test_an_isolated_method_reports_its_own_peak_memory_not_its_parents():
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         child = pool.submit(peak_rss_mb).result()
     assert child < 400 < peak_rss_mb(), (child, peak_rss_mb())
+
+
+def test_comparison_table_prints_recall_per_category():
+    from slq.evaluation.report import format_comparison
+
+    scores = {"t2i": {"R@1": 0.1, "R@5": 0.2, "R@10": 0.3}, "i2t": {"R@1": 0.1, "R@5": 0.2, "R@10": 0.3}}
+    by_category = {"encyclopedic": {"t2i": {"R@1": 0.05}, "i2t": {"R@1": 0.07}},
+                   "functional": {"t2i": {"R@1": 0.15}, "i2t": {"R@1": 0.25}}}
+    report = {"methods": {"slq": {**scores, "trainable_params": 8, "train_seconds": 1.0, "by_category": by_category},
+                          "zero_shot_mean": {**scores, "trainable_params": 0, "train_seconds": 0.0}},
+              "test": "karr", "chance_R@1": 0.002}
+    table = format_comparison(report)
+    assert "karr, R@1 t2i / i2t per category:" in table
+    row = next(line for line in table.splitlines() if line.startswith("slq ") and "/" in line)
+    assert row.split()[1:] == ["5.0", "/", "7.0", "15.0", "/", "25.0"]
+    assert "zero_shot_mean" in table.split("per category:")[1]  # a method without categories shows dashes

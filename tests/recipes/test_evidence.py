@@ -43,10 +43,15 @@ def test_evidence_command_writes_the_report(evidence_run):
     report = evidence_run.report
     assert list(report["methods"]) == list(EVIDENCE_METHODS)
     for name, row in report["methods"].items():
-        assert set(row) == {"d2w", "w2d", "modality_gap", "trainable_params", "train_seconds", "peak_memory_mb"}, name
+        backbone = {"weights_sha256", "weights_changed", "capability"} | (
+            set() if name == "slq_random_init" else {"capability_change"})  # a twin is not the untouched backbone
+        assert set(row) == {"d2w", "w2d", "modality_gap", "trainable_params", "train_seconds", "peak_memory_mb",
+                            *backbone}, name
         assert set(row["d2w"]) == set(row["w2d"]) == {"R@1", "R@5", "R@10"}
         assert row["peak_memory_mb"] > 50
     assert report["methods"]["slq"]["trainable_params"] == 2 * 32
+    assert not report["methods"]["slq"]["weights_changed"] and report["methods"]["lora"]["weights_changed"]
+    assert report["methods"]["slq"]["weights_sha256"] == report["backbone_sha256"]
     assert report["methods"]["lora"]["trainable_params"] > report["methods"]["slq"]["trainable_params"]
     assert (report["wordnet"]["train"], report["wordnet"]["val"], report["wordnet"]["test"]) == (2, 1, 2)
     validation = report["evaluations"]["validation"]["methods"]

@@ -11,6 +11,7 @@ from .options import (add_config_options, backbone_options, config_from_args, da
 
 
 def register(sub) -> None:
+    from ..evaluation.capability import CAPABILITY_CHOICES
     from ..evaluation.compare import METHODS
     from ..train import TrainConfig
 
@@ -32,7 +33,16 @@ def register(sub) -> None:
     p.add_argument("--eval-batch-size", type=positive_int, default=32,
                    help="items per forward pass when evaluating (default: 32)")
     ties_option(p)
-    p.add_argument("--report", type=Path, default=None, help="write the report as JSON here (and a PNG beside it)")
+    p.add_argument("--capability", choices=CAPABILITY_CHOICES, default="auto",
+                   help="after training, measure what each method's backbone can still do generatively, on the "
+                        "--test data: auto (default) picks captions and VQA for shapes-world records, the word from "
+                        "its definition and perplexity for a reverse dictionary, else the captions' perplexity given "
+                        "their images; none skips it (the weights' SHA-256 is recorded either way)")
+    p.add_argument("--capability-limit", type=positive_int, default=100,
+                   help="test records the capability probe uses (default: 100)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write the report as JSON here, and beside it the Markdown table (.md), the recall plot "
+                        "(.png) and the cost plot (-cost.png)")
     p.add_argument("--isolate", action="store_true",
                    help="run each method in a process of its own and report its peak memory (peak_memory_mb)")
     p.add_argument("--jobs", type=positive_int, default=1,
@@ -41,8 +51,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from .._io import atomic_write
+    from ..evaluation.capability import capability_probe_for
     from ..evaluation.compare import baseline_config_for, compare, standard_methods
-    from ..evaluation.report import format_comparison, plot_comparison
+    from ..evaluation.report import format_comparison, format_table3, save_plots
     from ..evaluation.retrieval import RetrievalEvaluator
     from ..train import TrainConfig
     from .options import write_json
@@ -60,10 +72,15 @@ def run(args: argparse.Namespace) -> None:
                            "the data you report")
         evaluators.append(RetrievalEvaluator(load_data(args, args.val, args.val_split, "val"), "validation",
                                              batch_size=args.eval_batch_size, ties=args.ties))
+    probe = None if args.capability == "none" else capability_probe_for(evaluators[0].dataset, args.capability_limit)
     report = compare(args.backbone, train_data, methods, evaluators, isolate=args.isolate or args.jobs > 1,
-                     jobs=args.jobs, **load_options(args))
+                     jobs=args.jobs, capability=probe, **load_options(args))
     print(format_comparison(report))
+    print()
+    print(format_table3(report))
     if args.report is not None:
         write_json(args.report, report)
-        plot = plot_comparison(report, args.report.with_suffix(".png"))
-        print(f"slq: report written to {args.report}, plot to {plot}")
+        atomic_write(args.report.with_suffix(".md"), format_table3(report) + "\n")
+        plots = save_plots(report, args.report.with_suffix(".png"), args.report.with_name(args.report.stem + "-cost.png"))
+        print(f"slq: report written to {args.report}, table to {args.report.with_suffix('.md')}"
+              + (f", plots to {', '.join(map(str, plots))}" if plots else ""))

@@ -11,6 +11,10 @@ The standard methods, by the report's names:
                           pretraining that SLQ elicits?)
     lora                  LoRA r=16 on the language model, last-token pooling
     full_ft               full fine-tuning of the language model, last-token pooling
+
+With a capability probe (`slq.evaluation.capability`), each row also says what its backbone can
+still do after training, beside the SHA-256 of the weights it computes with; the report holds the
+untouched backbone's hash and scores once, and each row's change from them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from ..backbone import Backbone
 from ..baselines import PooledEncoder, add_lora, unfreeze_language_model
+from .capability import CapabilityProbe, measure_capability, weights_sha256
 from ..data import ImageTextDataset
 from ..encoder import Encoder
 from ..errors import SettingError, SLQError
@@ -144,8 +149,15 @@ def build_encoder(method: Method, backbone_dir: Path, **load) -> Encoder:
 
 
 def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset, evaluators: Sequence[Evaluator],
-               progress: bool | None = None, keep_adapters: Path | None = None, **load) -> dict:
-    """One row: build the method's encoder, train it if it trains, run every evaluator.
+               progress: bool | None = None, keep_adapters: Path | None = None,
+               capability: CapabilityProbe | None = None, **load) -> dict:
+    """One row: build the method's encoder, train it if it trains, run every evaluator, then (with
+    `capability`) probe its backbone with the trained weights active (LoRA's adapters on, full
+    fine-tuning's weights as trained).
+
+    The row records `weights_sha256`, the hash of the weights the backbone computes with after
+    training (`slq.evaluation.capability.weights_sha256`), and `weights_changed`, whether that
+    differs from the hash before training.
 
     With `keep_adapters`, a trained SLQ method's adapter is saved to `keep_adapters / method.name`
     (the row records where), to search with afterwards; not the random twin's, whose backbone is
@@ -155,6 +167,7 @@ def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset,
     `"evaluations"`, by evaluator name; so does the report (`report["evaluations"][name]["methods"]`).
     """
     encoder = build_encoder(method, backbone_dir, **load)
+    before = weights_sha256(encoder.backbone.model)
     seconds = 0.0
     if method.train is not None:
         began = time.perf_counter()
@@ -170,7 +183,23 @@ def run_method(method: Method, backbone_dir: Path, train_data: ImageTextDataset,
            "train_seconds": round(seconds, 2), **kept}
     if others:
         row["evaluations"] = {ev.name: _directions_only(ev(encoder, progress)) for ev in others}
-    return row
+    return {**row, **backbone_state(encoder.backbone, capability, before)}
+
+
+def backbone_state(backbone: Backbone, capability: CapabilityProbe | None = None, before: str | None = None) -> dict:
+    """What a row records of its backbone: the hash of its weights, whether it moved from `before`,
+    and the probe's scores (with a probe)."""
+    state = {"weights_sha256": weights_sha256(backbone.model)}
+    if before is not None:
+        state["weights_changed"] = state["weights_sha256"] != before
+    if capability is not None:
+        state["capability"] = measure_capability(capability, backbone)
+    return state
+
+
+def untouched_backbone(backbone_dir: Path, capability: CapabilityProbe | None = None, **load) -> dict:
+    """The untouched backbone's hash and scores, measured on a fresh load."""
+    return backbone_state(Backbone.load(backbone_dir, **load), capability)
 
 
 def _directions_only(result: dict) -> dict:
@@ -189,6 +218,13 @@ def _run_isolated(threads: int, *args, **load) -> dict:
     row = run_method(*args, **load)
     row["peak_memory_mb"] = peak_rss_mb()
     return row
+
+
+def _untouched_isolated(threads: int, *args, **load) -> dict:
+    """`untouched_backbone` in a fresh process with a method's threads, so its scores are computed
+    as the methods' are (another thread count may sum in another order)."""
+    torch.set_num_threads(threads)
+    return untouched_backbone(*args, **load)
 
 
 def peak_rss_mb() -> float:
@@ -222,7 +258,8 @@ class MethodsFailed(SLQError):
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, methods: Sequence[Method],
             evaluators: Sequence[Evaluator], *, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
             done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
-            keep_adapters: str | os.PathLike | None = None, **load) -> dict:
+            keep_adapters: str | os.PathLike | None = None, capability: CapabilityProbe | None = None,
+            **load) -> dict:
     """Train (where a method trains) and evaluate every method; returns the report.
 
     `isolate` runs each method in a process of its own, so each row also gets an honest
@@ -230,7 +267,9 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
     process's torch threads (on a CPU, where one process scales poorly past a core, two at a time
     nearly halve the wall time). Rows in `done` (method name -> row, from an interrupted run) are
     kept, not recomputed; `on_row(name, row)` is called as each row is finished, so a caller can
-    save it; `keep_adapters` keeps trained SLQ adapters (`run_method`). A method that fails does not
+    save it; `keep_adapters` keeps trained SLQ adapters (`run_method`); `capability` probes every
+    method's backbone after training and, once, the untouched backbone (a zero-shot row's backbone is
+    the untouched one: its measurement serves, else a fresh load is measured). A method that fails does not
     stop the others; afterwards every failure is reported (`MethodsFailed` when all are user errors,
     else the first bug's traceback, naming the rest).
 
@@ -262,26 +301,40 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
             twin = random_twin(backbone_dir, Path(tmp) / "twin", seed=seed + 1)
 
         def args(method: Method) -> tuple:
-            return method, twin if method.random_init else backbone_dir, train_data, evaluators, progress, keep_adapters
+            return (method, twin if method.random_init else backbone_dir, train_data, evaluators, progress,
+                    keep_adapters, capability)
+
+        zero_shot = _untouched_method(methods)  # its row measures the untouched backbone; else a fresh load does
+        measure_untouched = zero_shot is None
 
         if isolate:
             threads = threads_per_method(jobs)
             with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
                 futures = {pool.submit(_run_isolated, threads, *args(m), **load): m.name for m in todo}
+                measuring = pool.submit(_untouched_isolated, threads, backbone_dir, capability, **load) \
+                    if measure_untouched else None
                 for future in as_completed(futures):  # one method's failure keeps the others' rows
                     if future.exception() is None:
                         finished(futures[future], future.result())
                     else:
                         failures[futures[future]] = future.exception()
+                untouched = measuring.result() if measuring is not None and not failures else None
         else:
             for method in todo:
                 try:
                     finished(method.name, run_method(*args(method), **load))
                 except Exception as e:  # reported below, with every other failure
                     failures[method.name] = e
+            untouched = untouched_backbone(backbone_dir, capability, **load) if measure_untouched and not failures \
+                else None
     if failures:
         _raise_failures(failures)
-    return _report(methods, rows, train_data, evaluators)
+    return _report(methods, rows, train_data, evaluators, untouched or rows[zero_shot.name], capability)
+
+
+def _untouched_method(methods: Sequence[Method]) -> Method | None:
+    """A zero-shot method on the real backbone: its row measures the untouched backbone itself."""
+    return next((m for m in methods if m.train is None and not m.random_init), None)
 
 
 def _raise_failures(failures: dict[str, BaseException]) -> None:
@@ -295,11 +348,12 @@ def _raise_failures(failures: dict[str, BaseException]) -> None:
     raise RuntimeError(f"method {name} failed" + (f" (and {others}, logged above)" if others else "")) from error
 
 
-def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
-            evaluators: Sequence[Evaluator]) -> dict:
+def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset, evaluators: Sequence[Evaluator],
+            untouched: dict, capability: CapabilityProbe | None) -> dict:
     primary, *others = evaluators
     report = {
-        "methods": {m.name: {k: v for k, v in rows[m.name].items() if k != "evaluations"} for m in methods},
+        "methods": {m.name: _report_row(rows[m.name], untouched, capability is not None and not m.random_init)
+                    for m in methods},
         "directions": list(primary.directions),
         "chance_R@1": 1 / len(primary.dataset),
         "ties": primary.ties,
@@ -307,9 +361,27 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
         "train": train_data.name,
         "method_settings": {m.name: {"encoder": m.encoder, "random_init": m.random_init,
                                      "train": asdict(m.train) if m.train else None} for m in methods},
+        "backbone_sha256": untouched.get("weights_sha256"),  # None: a row kept from a run before hashes
     }
+    if capability is not None:
+        report["capability"] = {"probe": capability.name, "untouched": untouched.get("capability")}
     if others:  # nested, so no evaluator's name can clash with the report's own keys
         report["evaluations"] = {ev.name: {"dataset": ev.dataset.name, "methods": {
             m.name: rows[m.name]["evaluations"][ev.name] for m in methods
             if ev.name in rows[m.name].get("evaluations", {})}} for ev in others}
     return report
+
+
+def _report_row(row: dict, untouched: dict, with_change: bool) -> dict:
+    """A row as the report shows it: without other evaluators' results (reported by evaluator), with
+    its capability's change from the untouched backbone's (`with_change`; not for the random twin,
+    whose backbone is not the untouched one)."""
+    shown = {k: v for k, v in row.items() if k != "evaluations"}
+    if with_change and row.get("capability") is not None and untouched.get("capability") is not None:
+        shown["capability_change"] = capability_change(row["capability"], untouched["capability"])
+    return shown
+
+
+def capability_change(scores: dict, untouched: dict) -> dict:
+    """Each score minus the untouched backbone's (None where either is undefined)."""
+    return {k: None if v is None or untouched.get(k) is None else round(v - untouched[k], 4) for k, v in scores.items()}

@@ -2,8 +2,9 @@
 
 Writes the seeded shapes world, takes a backbone (by default `slq-tiny-vl`, the small Qwen2-VL
 that slq ships, pretrained generatively on the same world by `scripts/pretrain_default.py`), and
-compares zero-shot pooling, SLQ and SLQ on a random twin on the held-out test split. Results:
-`report.json`, `table.txt`, `recall.png` and `gap.png` in the output folder. SLQ's adapter is kept
+compares zero-shot pooling, SLQ and SLQ on a random twin on the held-out test split, and what each
+method's backbone can still caption and answer after training. Results: `report.json`, `table.txt`,
+`table.md`, `recall.png`, `cost.png` and `gap.png` in the output folder. SLQ's adapter is kept
 (`adapters/slq`), the test images are indexed with it (`index/`, served by `slq serve`), and
 `gallery.png` shows a few test captions with their top five images.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from .._io import require_positive_ints, setting
 from ..data import load_jsonl
 from ..data.shapes import write_world
-from ..errors import SLQError
+from ..errors import SettingError, SLQError
+from ..evaluation.capability import capability_probe_for
 from ..evaluation.compare import compare, standard_methods
 from ..evaluation.report import save_comparison
 from ..evaluation.retrieval import RetrievalEvaluator
@@ -48,11 +50,15 @@ class DemoConfig:
     prompt_cache_mb: float = setting(4000, "RAM for prompts' keys/values kept across epochs (later epochs run "
                                            "only the queries)")
     jobs: int = setting(2, "methods trained at once, in separate processes")
+    capability_limit: int = setting(100, "test images on which each method's backbone is probed after training "
+                                         "(greedy captions and VQA answers scored); 0 = no probe")
     seed: int = setting(DEMO_SEED, "seed of the world and of training (slq-tiny-vl was pretrained on world 0)",
                         cli=False)
 
     def __post_init__(self):
         require_positive_ints(self, "n_train", "n_test", "epochs", "num_queries", "batch_size", "jobs")
+        if not (isinstance(self.capability_limit, int) and self.capability_limit >= 0):
+            raise SettingError("capability_limit", self.capability_limit, "must be an integer >= 0")
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
@@ -92,9 +98,11 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
         trained = f" ({row['train_seconds']:.0f} s of training)" if row["train_seconds"] else ""
         logger.info("      %s done%s", method, trained)
 
+    test = load_jsonl(world["test"])
+    probe = capability_probe_for(test, config.capability_limit) if config.capability_limit else None
     report = compare(backbone_dir, load_jsonl(world["train"]), standard_methods(DEMO_METHODS, train_config),
-                     [RetrievalEvaluator(load_jsonl(world["test"]))], progress=progress,
-                     isolate=config.jobs > 1, jobs=config.jobs, on_row=done, keep_adapters=out / "adapters")
+                     [RetrievalEvaluator(test)], progress=progress, isolate=config.jobs > 1, jobs=config.jobs,
+                     on_row=done, keep_adapters=out / "adapters", capability=probe)
     report["backbone"] = str(backbone_dir)
     save_comparison(report, out)
     index_and_gallery(out, world, backbone_dir, progress)

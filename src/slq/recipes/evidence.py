@@ -26,6 +26,7 @@ from .._io import atomic_write, cache_root, require_positive_ints, setting
 from ..data import load_jsonl
 from ..data.wordnet import DEFAULT_WORDNET_DIR, write_wordnet
 from ..errors import SettingError, SLQError
+from ..evaluation.capability import DefinitionCapability
 from ..evaluation.compare import baseline_config_for, compare, standard_methods, threads_per_method
 from ..evaluation.report import save_comparison
 from ..evaluation.retrieval import RetrievalEvaluator
@@ -58,12 +59,15 @@ class EvidenceConfig:
     eval_batch_size: int = setting(64, "items per forward pass when evaluating")
     prompt_cache_mb: float = setting(8000, "RAM for SLQ's prompt keys/values reused across epochs (about 3.5 GB "
                                            "for Gemma)")
+    capability_limit: int = setting(200, "test words on which each method's backbone is probed after training "
+                                         "(the word from its definition, perplexity on the definitions); 0 = no probe")
 
     def __post_init__(self):
         require_positive_ints(self, "n_train", "n_test", "num_queries", "epochs", "batch_size", "eval_batch_size",
                               "baseline_epochs", optional=("baseline_epochs",))
-        if not (isinstance(self.n_val, int) and self.n_val >= 0):
-            raise SettingError("n_val", self.n_val, "must be an integer >= 0")
+        for name in ("n_val", "capability_limit"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise SettingError(name, getattr(self, name), "must be an integer >= 0")
 
     @property
     def prompt_cache_used_mb(self) -> float:
@@ -97,7 +101,8 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                  backbone: str | os.PathLike | None = None, wordnet_dir: str | os.PathLike | None = None,
                  methods: Sequence[str] = EVIDENCE_METHODS, jobs: int = 1, progress: bool | None = None,
                  **settings) -> dict:
-    """Build the data, run every method, write `report.json`, `recall.png`, `gap.png` and `table.txt`.
+    """Build the data, run every method, write `report.json`, `table.txt`, `table.md`, `recall.png`,
+    `cost.png` and `gap.png`; each method's backbone is probed after training (`capability_limit`).
 
     `backbone` defaults to Gemma 3 270M; any text-only causal-LM folder (or .gguf) works. `settings`
     override fields of `config`. Each finished method's row is saved at once (`rows.json`); run again
@@ -143,8 +148,10 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
                     row["d2w"]["R@1"], row["w2d"]["R@1"], shown, row["train_seconds"], row["peak_memory_mb"])
 
     began = time.perf_counter()
+    probe = DefinitionCapability.from_dataset(evaluators[0].dataset, config.capability_limit) \
+        if config.capability_limit else None
     report = compare(backbone_dir, train_data, specs, evaluators, progress=progress, isolate=True, jobs=jobs,
-                     done=done, on_row=save_row)
+                     done=done, on_row=save_row, capability=probe)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
                   minutes_this_run=round((time.perf_counter() - began) / 60, 1))
     save_comparison(report, out)
@@ -155,7 +162,8 @@ def row_settings(method, config: EvidenceConfig, backbone_dir: Path, data: dict,
     """What one method's row depends on, its time and memory included (threads, prompt cache): a
     saved row is reused only while these are unchanged."""
     settings = {"backbone": str(backbone_dir), "wordnet": data, "eval_batch_size": config.eval_batch_size,
-                "n_val": config.n_val, "threads": threads, "method": asdict(method)}
+                "n_val": config.n_val, "capability_limit": config.capability_limit, "threads": threads,
+                "method": asdict(method)}
     return json.loads(json.dumps(settings))  # as read back from the file
 
 

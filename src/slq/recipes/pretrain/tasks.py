@@ -8,6 +8,14 @@
     colour      user: <image> + "what colour is the object?"   assistant: its colour (one-colour images)
     shape       user: <image> + "what shape is the object?"    assistant: its shape (one-shape images)
 
+and the tasks that tie knowledge to answers and images (`slq.data.shapes`), each naming only the
+clues the pretraining may show beside images (`clue_seen_with_images`) when an image is involved:
+
+    knowledge_qa          user: a question about a fact ("what colour is a banana?")   assistant: "yellow"
+    knowledge_caption     user: <image>                  assistant: a knowledge caption of it
+    knowledge_paraphrase  user: a knowledge caption      assistant: a plain caption of the same image
+    knowledge_vqa         user: <image> + "is there something the colour of a banana?"   assistant: "yes"
+
 The caption and listing prompts are exactly the prompt slq builds for an image (no instruction
 text), and the paraphrase prompt exactly the one it builds for a caption, so the assistant opener,
 where the latent queries go, is where the model has learnt to say what the input shows. Loss falls
@@ -30,7 +38,7 @@ from PIL import Image
 
 from ..._io import seeded_random
 from ...backbone import model_kwargs
-from ...data.shapes import COLOURS, NUMBER_WORDS, SHAPES, plural
+from ...data.shapes import knowledge_captions, knowledge_questions, knowledge_vqa_pairs, record_objects, vqa_pairs
 from ...errors import SettingError, SLQError
 from ...families import family_for
 from .config import TASKS
@@ -55,39 +63,6 @@ class Example:
 
 def _rng(*parts: object) -> random.Random:
     return seeded_random("slq-pretrain", *parts)
-
-
-
-def vqa_pairs(objects: Sequence[dict], held_out: frozenset, rng: random.Random) -> list[tuple[str, str]]:
-    """Questions about one image with their short answers, built from its objects. Questions that
-    name a (colour, shape) pair only name pairs seen in training."""
-    pairs: list[tuple[str, str]] = [("how many objects are there?", NUMBER_WORDS[len(objects)])]
-    by_shape: dict[str, list[dict]] = {}
-    by_colour: dict[str, list[dict]] = {}
-    by_pair: dict[tuple[str, str], list[dict]] = {}
-    for o in objects:
-        by_shape.setdefault(o["shape"], []).append(o)
-        by_colour.setdefault(o["colour"], []).append(o)
-        by_pair.setdefault((o["colour"], o["shape"]), []).append(o)
-    for shape, group in by_shape.items():
-        pairs.append((f"how many {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
-        if len({o["colour"] for o in group}) == 1:
-            pairs.append((f"what colour is the {shape}?", group[0]["colour"]))
-    for colour, group in by_colour.items():
-        if len({o["shape"] for o in group}) == 1:
-            pairs.append((f"what shape is the {colour} object?", group[0]["shape"]))
-    for (colour, shape), group in by_pair.items():
-        pairs.append((f"how many {colour} {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
-        if len(group) == 1:
-            pairs += [(f"where is the {colour} {shape}?", group[0]["position"]),
-                      (f"what size is the {colour} {shape}?", group[0]["size"])]
-    absent = rng.choice(SHAPES)
-    if absent not in by_shape:
-        pairs.append((f"how many {plural(absent)} are there?", "zero"))
-    colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
-    if (colour, shape) not in held_out:
-        pairs.append((f"is there a {colour} {shape}?", "yes" if (colour, shape) in by_pair else "no"))
-    return pairs
 
 
 def listing(objects: Sequence[dict]) -> str:
@@ -122,8 +97,17 @@ class GenerativeData:
     def example(self, task: str, rng: random.Random) -> Example:
         if task == "knowledge":
             return Example(None, rng.choice(self.knowledge), lm=True)
+        if task == "knowledge_qa":
+            return Example(None, *knowledge_questions(rng))
         index = rng.randrange(len(self.records))
         record = self.records[index]
+        if task in ("knowledge_caption", "knowledge_paraphrase"):
+            caption = knowledge_captions(record_objects(record), rng, 1, seen_only=True)[0]
+            if task == "knowledge_caption":
+                return Example(index, "", caption)
+            return Example(None, caption, rng.choice(record["captions"]))
+        if task == "knowledge_vqa":
+            return Example(index, *rng.choice(knowledge_vqa_pairs(record["objects"], rng)))
         if task == "caption":
             return Example(index, "", rng.choice(record["captions"]), noise=self._noise(rng))
         if task == "listing":
