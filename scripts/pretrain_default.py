@@ -39,6 +39,8 @@ def parse_args(argv=None):
                    help="images are resized to this square (multiple of 16): (side/16)^2 image tokens")
     p.add_argument("--n-train", type=int, default=4000, help="training images of the world")
     p.add_argument("--n-test", type=int, default=200, help="test images (caption accuracy and retrieval)")
+    p.add_argument("--mixture", type=json.loads, default=None,
+                   help="the task mixture after the curriculum, as JSON (default: PretrainConfig's)")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                    help="run the demo's comparison (zero-shot, SLQ, SLQ on a random twin) for the model card")
     p.add_argument("--keep-work", action=argparse.BooleanOptionalAction, default=True,
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             threads=args.threads, image_side=args.image_side,
-                            vision_lr_ratio=args.vision_lr_ratio)
+                            vision_lr_ratio=args.vision_lr_ratio,
+                            **({"mixture": args.mixture} if args.mixture is not None else {}))
     print(f"[1/4] shapes world: {args.n_train} train / {args.n_test} test images -> {work / 'world'}", flush=True)
     world = write_world(work / "world", n_train=args.n_train, n_val=max(1, args.n_test // 4), n_test=args.n_test,
                         seed=args.seed, progress=True)

@@ -336,3 +336,27 @@ def test_knowledge_captions_are_grounded_in_the_corpus_and_the_image(records):
     green_triangle = [ShapeObject("triangle", "green", "small", 32, 32)]
     texts = knowledge_captions(green_triangle, random.Random(0), 5)
     assert any("three" in c and "the colour of" in c for c in texts), texts
+
+
+def test_seen_only_knowledge_captions_use_no_text_only_clue():
+    import random as _random
+
+    from slq.data.shapes import (COLOUR_CLUES, SEEN_COLOUR_THINGS, clue_seen_with_images, generate_split,
+                                 knowledge_captions, knowledge_vqa_pairs, record_objects)
+
+    text_only_things = [t for c, things in COLOUR_CLUES.items() for t in things if t not in SEEN_COLOUR_THINGS[c]]
+    assert text_only_things and not any(clue_seen_with_images(t) for t in text_only_things)
+    records = generate_split(40, "train", 0)
+    for i, r in enumerate(records):
+        for caption in knowledge_captions(record_objects(r), _random.Random(i), 3, seen_only=True):
+            assert "mixing" not in caption and "minus" not in caption and "-" not in caption, caption
+            assert not any(f"of {t}" in caption for t in text_only_things), caption
+            assert "corners" not in caption and "symbol of love" not in caption, caption
+        for question, answer in knowledge_vqa_pairs(r["objects"], _random.Random(i)):
+            if question.startswith("is there something the colour of "):
+                thing = question.removeprefix("is there something the colour of ").rstrip("?")
+                colour = next(c for c, things in COLOUR_CLUES.items() if thing in things)
+                assert answer == ("yes" if colour in {o["colour"] for o in r["objects"]} else "no")
+    # the default (the shipped world's records) is unchanged: every clue may appear
+    assert any("mixing" in c for i, r in enumerate(records)
+               for c in knowledge_captions(record_objects(r), _random.Random(i), 3))

@@ -353,34 +353,86 @@ def captions_for(objects: Sequence[ShapeObject], rng: random.Random, n: int = 5,
     return _distinct([lambda k=k: k(groups, rng, image_size) for k in kinds], rng, n)
 
 
+def vqa_pairs(objects: Sequence[dict], held_out: frozenset, rng: random.Random) -> list[tuple[str, str]]:
+    """Questions about one image with their short answers, built from its objects (slq-tiny-vl's VQA
+    pretraining task, and what `slq.evaluation.capability` asks after training). `rng` picks the
+    absent shape and the pair of the yes/no question, which is never a pair in `held_out`; the other
+    questions name only pairs the image shows (in training, never a held-out one)."""
+    pairs: list[tuple[str, str]] = [("how many objects are there?", NUMBER_WORDS[len(objects)])]
+    by_shape: dict[str, list[dict]] = {}
+    by_colour: dict[str, list[dict]] = {}
+    by_pair: dict[tuple[str, str], list[dict]] = {}
+    for o in objects:
+        by_shape.setdefault(o["shape"], []).append(o)
+        by_colour.setdefault(o["colour"], []).append(o)
+        by_pair.setdefault((o["colour"], o["shape"]), []).append(o)
+    for shape, group in by_shape.items():
+        pairs.append((f"how many {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
+        if len({o["colour"] for o in group}) == 1:
+            pairs.append((f"what colour is the {shape}?", group[0]["colour"]))
+    for colour, group in by_colour.items():
+        if len({o["shape"] for o in group}) == 1:
+            pairs.append((f"what shape is the {colour} object?", group[0]["shape"]))
+    for (colour, shape), group in by_pair.items():
+        pairs.append((f"how many {colour} {plural(shape)} are there?", NUMBER_WORDS[len(group)]))
+        if len(group) == 1:
+            pairs += [(f"where is the {colour} {shape}?", group[0]["position"]),
+                      (f"what size is the {colour} {shape}?", group[0]["size"])]
+    absent = rng.choice(SHAPES)
+    if absent not in by_shape:
+        pairs.append((f"how many {plural(absent)} are there?", "zero"))
+    colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+    if (colour, shape) not in held_out:
+        pairs.append((f"is there a {colour} {shape}?", "yes" if (colour, shape) in by_pair else "no"))
+    return pairs
+
+
 # ---------------------------------------------------------------------------------------------
 # Knowledge: corpus and knowledge-aware captions
 
 
-def _colour_clue(colour: str, rng: random.Random, image_colours: set[str]) -> str:
-    options = [f"the colour of {thing}" for thing in COLOUR_CLUES[colour]]
-    mix = COLOUR_MIXES.get(colour)
+# The clues slq-tiny-vl's pretraining shows beside images (knowledge captions and questions about
+# its training images); it meets every other clue of the corpus in text only, which makes those the
+# true test of elicitation (KARR-Shapes scores the two apart). Per colour all things but the last;
+# per shape its first description; counts as sums.
+SEEN_COLOUR_THINGS = {colour: things[:-1] for colour, things in COLOUR_CLUES.items()}
+SEEN_SHAPE_CLUES = {shape: clues[:1] for shape, clues in SHAPE_CLUES.items()}
+SEEN_COUNT_CLUES = {n: tuple(c for c in clues if "+" in c or " plus " in c) for n, clues in COUNT_CLUES.items()}
+
+
+def clue_seen_with_images(clue: str) -> bool:
+    """Whether the pretraining puts `clue` (a thing, a shape description, a count expression, as in
+    the clue tables) beside an image; everything else it meets only in its text corpus."""
+    return (any(clue in things for things in SEEN_COLOUR_THINGS.values())
+            or any(clue in pair for clues in SEEN_SHAPE_CLUES.values() for pair in clues)
+            or any(clue in clues for clues in SEEN_COUNT_CLUES.values()))
+
+
+def _colour_clue(colour: str, rng: random.Random, image_colours: set[str], seen_only: bool = False) -> str:
+    options = [f"the colour of {thing}" for thing in (SEEN_COLOUR_THINGS if seen_only else COLOUR_CLUES)[colour]]
+    mix = None if seen_only else COLOUR_MIXES.get(colour)
     if mix is not None and not image_colours & set(mix):  # never name a colour that is in view
         a, b = mix if rng.random() < 0.5 else mix[::-1]
         options.append(f"the colour you get by mixing {a} and {b}")
     return rng.choice(("in ", "")) + rng.choice(options)
 
 
-def _count_clue(count: int, rng: random.Random) -> str:
-    return "a" if count == 1 else rng.choice(COUNT_CLUES[count])
+def _count_clue(count: int, rng: random.Random, seen_only: bool = False) -> str:
+    return "a" if count == 1 else rng.choice((SEEN_COUNT_CLUES if seen_only else COUNT_CLUES)[count])
 
 
-def _knowledge_by_shape(objects, groups, rng) -> str:
+def _knowledge_by_shape(objects, groups, rng, seen_only=False) -> str:
     colours = {o.colour for o in objects}
     parts = []
     for group in rng.sample(groups, len(groups)):
-        singular, plural = rng.choice(SHAPE_CLUES[group[0].shape])
+        singular, plural = rng.choice((SEEN_SHAPE_CLUES if seen_only else SHAPE_CLUES)[group[0].shape])
         noun = singular if len(group) == 1 else plural
-        parts.append(f"{_count_clue(len(group), rng)} {noun} {_colour_clue(group[0].colour, rng, colours)}")
+        parts.append(f"{_count_clue(len(group), rng, seen_only)} {noun} "
+                     f"{_colour_clue(group[0].colour, rng, colours, seen_only)}")
     return _join(parts)
 
 
-def _knowledge_by_colour(objects, groups, rng) -> str:
+def _knowledge_by_colour(objects, groups, rng, seen_only=False) -> str:
     colours = {o.colour for o in objects}
     by_colour: dict[str, int] = {}
     for obj in objects:
@@ -388,24 +440,73 @@ def _knowledge_by_colour(objects, groups, rng) -> str:
     parts = []
     for colour in rng.sample(list(by_colour), len(by_colour)):
         count = by_colour[colour]
-        noun = rng.choice(("an object", "something")) if count == 1 else f"{_count_clue(count, rng)} objects"
-        parts.append(f"{noun} {_colour_clue(colour, rng, colours)}")
+        noun = rng.choice(("an object", "something")) if count == 1 else \
+            f"{_count_clue(count, rng, seen_only)} objects"
+        parts.append(f"{noun} {_colour_clue(colour, rng, colours, seen_only)}")
     return _join(parts)
 
 
-def _knowledge_total(objects, groups, rng) -> str:
-    return f"{_count_clue(len(objects), rng)} objects: {_knowledge_by_shape(objects, groups, rng)}"
+def _knowledge_total(objects, groups, rng, seen_only=False) -> str:
+    return f"{_count_clue(len(objects), rng, seen_only)} objects: {_knowledge_by_shape(objects, groups, rng, seen_only)}"
 
 
-def knowledge_captions(objects: Sequence[ShapeObject], rng: random.Random, n: int = 1) -> list[str]:
+def knowledge_captions(objects: Sequence[ShapeObject], rng: random.Random, n: int = 1, *,
+                       seen_only: bool = False) -> list[str]:
     """n captions that name no colour or shape in view ("a shape with three sides in the colour of
-    grass", "(1+1) objects the colour of a banana"): each clue is a `knowledge_corpus` fact."""
+    grass", "(1+1) objects the colour of a banana"): each clue is a `knowledge_corpus` fact.
+    `seen_only`: only the clues the pretraining may show beside images (`clue_seen_with_images`)."""
     if not objects:
         raise SLQError("knowledge_captions needs at least one object")
     groups = _groups(objects)
     kinds = [_knowledge_by_shape, _knowledge_by_colour]
     kinds += [_knowledge_total] if len(objects) in COUNT_CLUES else []
-    return _distinct([lambda k=k: k(objects, groups, rng) for k in kinds], rng, n)
+    return _distinct([lambda k=k: k(objects, groups, rng, seen_only) for k in kinds], rng, n)
+
+
+def knowledge_questions(rng: random.Random) -> tuple[str, str]:
+    """A question about one corpus fact and its one-word answer, any clue (text only: no image):
+    "what colour is a banana?" -> "yellow", "what is (2+1)?" -> "three"."""
+    kind = rng.choice(("colour", "parts", "sum", "difference", "mix", "opposite", "round"))
+    w = NUMBER_WORDS
+    if kind == "colour":
+        colour = rng.choice(COLOURS)
+        return f"what colour is {rng.choice(COLOUR_CLUES[colour])}?", colour
+    if kind == "parts":
+        shape, number, part = rng.choice((("triangle", 3, "sides"), ("triangle", 3, "corners"), ("square", 4, "sides"),
+                                          ("square", 4, "corners"), ("star", 5, "points")))
+        return f"how many {part} does a {shape} have?", w[number]
+    if kind == "sum":
+        a, b = rng.randint(1, 5), rng.randint(1, 5)
+        return rng.choice((f"what is ({a}+{b})?", f"what is {w[a]} plus {w[b]}?")), w[a + b]
+    if kind == "difference":
+        a = rng.randint(2, 6)
+        b = rng.randint(1, a - 1)
+        return rng.choice((f"what is ({a}-{b})?", f"what is {w[a]} minus {w[b]}?")), w[a - b]
+    if kind == "mix":
+        colour, (a, b) = rng.choice(sorted(COLOUR_MIXES.items()))
+        return f"what colour do {a} and {b} make?", colour
+    if kind == "opposite":
+        word, other = rng.choice((("left", "right"), ("right", "left"), ("above", "below"), ("below", "above"),
+                                  ("large", "small"), ("small", "large")))
+        return f"what is the opposite of {word}?", other
+    return f"what shape is {rng.choice(('a wheel', 'a coin'))}?", "round"
+
+
+def knowledge_vqa_pairs(objects: Sequence[dict], rng: random.Random) -> list[tuple[str, str]]:
+    """Questions about one image asked through seen clues only, with their one-word answers: "is
+    there something the colour of a banana?" -> "yes", "how many shapes with three sides are
+    there?" -> "one"."""
+    colours = {o["colour"] for o in objects}
+    colour = rng.choice(COLOURS)
+    pairs = [(f"is there something the colour of {rng.choice(SEEN_COLOUR_THINGS[colour])}?",
+              "yes" if colour in colours else "no")]
+    shape = rng.choice(SHAPES)
+    pairs.append((f"how many {SEEN_SHAPE_CLUES[shape][0][1]} are there?",
+                  NUMBER_WORDS[sum(o["shape"] == shape for o in objects)]))
+    in_view = rng.choice(sorted(colours))
+    pairs.append((f"how many objects the colour of {rng.choice(SEEN_COLOUR_THINGS[in_view])} are there?",
+                  NUMBER_WORDS[sum(o["colour"] == in_view for o in objects)]))
+    return pairs
 
 
 def _colour_facts() -> list[str]:

@@ -15,6 +15,11 @@ _TASK_CARD = {
               "the colour",
     "shape": "user = an image whose objects share one shape and \"what shape is the object?\", assistant = "
              "the shape",
+    "knowledge_qa": "user = a question about a corpus fact (\"what colour is a banana?\"), assistant = its answer",
+    "knowledge_caption": "user = the image alone, assistant = a knowledge caption of it (clues seen with images only)",
+    "knowledge_paraphrase": "user = a knowledge caption, assistant = a plain caption of the same image",
+    "knowledge_vqa": "user = the image and a question asked through clues (\"is there something the colour of a "
+                     "banana?\"), assistant = a one-word answer",
 }
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from ...errors import SettingError
 
-TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge", "colour", "shape")
+TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge", "colour", "shape",
+         "knowledge_qa", "knowledge_caption", "knowledge_paraphrase", "knowledge_vqa")
 
 # slq-tiny-vl: a Qwen2-VL with a 4-layer, 192-wide language model and a 3-block vision tower whose
 # 8-px patches, merged 2x2, turn a 64x64 image into 16 tokens (the processor resizes every image to
