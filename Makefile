@@ -13,7 +13,7 @@ EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
 WORDNET := /usr/share/wordnet/data.noun
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo evidence mmeb clean
+.PHONY: install test demo evidence mmeb karr clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ evidence: $(EVIDENCE_STAMP) $(WORDNET)
 # MMEB-style tasks on the shapes world (docs/mmeb.md); about 16 minutes on 2 cores.
 mmeb: $(STAMP)
 	$(BIN)/slq mmeb-bench --out runs/mmeb
+
+# KARR-Shapes beside plain retrieval and capability after training (README "Knowledge-aware retrieval").
+karr: $(STAMP)
+	$(BIN)/slq karr-bench --out runs/karr
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

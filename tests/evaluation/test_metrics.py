@@ -275,3 +275,29 @@ def test_format_recall_table():
     assert len({len(line) for line in lines[1:4]}) == 1, "columns must line up"
     assert format_recall_table(report).splitlines()[0].split() == ["R@1", "R@5", "R@10"]
     assert format_recall_table({**report, "ties": "strict"}).splitlines()[-1] == "n_images=4 n_texts=20 ties=strict"
+
+
+def test_recall_by_group_hand_made():
+    # Images 0, 1 in "a", image 2 in "b"; one text each. Text 0 ranks its image first; text 1 ranks
+    # image 2 above its own; text 2 ranks its own first.
+    sim = np.array([[0.9, 0.1, 0.0], [0.1, 0.5, 0.8], [0.0, 0.1, 0.9]])
+    groups = metrics.recall_by_group(sim, [0, 1, 2], ["a", "a", "b"], ks=(1, 2))
+    assert list(groups) == ["a", "b"]
+    assert groups["a"]["t2i"] == {"R@1": 0.5, "R@2": 1.0}  # each query still ranked against all 3 images
+    assert groups["b"]["t2i"] == {"R@1": 1.0, "R@2": 1.0}
+    # image 1: column [0.1, 0.5, 0.1], its own text first; image 0 likewise
+    assert groups["a"]["i2t"] == {"R@1": 1.0, "R@2": 1.0}
+    # image 2: its text scores 0.9, text 1 scores 0.8 -> first
+    assert groups["b"]["n_images"] == 1 and groups["a"]["n_texts"] == 2
+    whole = recall_at_k(sim, [0, 1, 2], ks=(1, 2))
+    assert whole["t2i"]["R@1"] == pytest.approx((2 * 0.5 + 1 * 1.0) / 3)  # groups average back to the whole
+    with pytest.raises(ValueError, match="one group per image"):
+        metrics.recall_by_group(sim, [0, 1, 2], ["a", "b"])
+
+
+def test_recall_table_prints_categories():
+    sim = np.eye(3)
+    report = recall_at_k(sim, [0, 1, 2])
+    report["by_category"] = metrics.recall_by_group(sim, [0, 1, 2], ["encyclopedic", "encyclopedic", "functional"])
+    table = format_recall_table(report)
+    assert "encyclopedic" in table and "functional" in table and "100.0" in table

@@ -2,9 +2,11 @@
 
     train     slq train                  encode    slq eval, slq gap, slq embed
     index     slq index, slq search      serve     slq serve
-    compare   slq compare                recipes   slq demo, slq evidence, slq mmeb-bench
+    compare   slq compare                recipes   slq demo, slq evidence, slq mmeb-bench, slq karr-bench
     mine      slq mine-negatives         tiny      slq tiny-model
     data      slq data shapes|wordnet|mmeb-suite
+    karr      slq karr build|shapes|probe
+    pilot     slq pilot (the paper's Figure 2)
 
 Training settings come from the library's config dataclasses (`options.add_config_options`), so
 every command that trains takes the same flags with one default each. Library errors name the
@@ -22,10 +24,10 @@ import sys
 
 from .._version import __version__
 from ..errors import EXIT_USAGE, SLQError
-from . import compare, data, encode, index, mine, recipes, serve, tiny, train
+from . import compare, data, encode, index, karr, mine, pilot, recipes, serve, tiny, train
 from .options import flag_of
 
-COMMAND_GROUPS = (train, encode, index, mine, serve, compare, recipes, data, tiny)
+COMMAND_GROUPS = (train, encode, index, mine, serve, compare, pilot, recipes, data, karr, tiny)
 
 
 def _verbosity(parser: argparse.ArgumentParser, default=0) -> None:

@@ -1,5 +1,5 @@
-"""`slq demo`, `slq evidence` and `slq mmeb-bench`: the complete runs behind `make demo`, `make
-evidence` and `make mmeb`."""
+"""`slq demo`, `slq evidence`, `slq mmeb-bench` and `slq karr-bench`: the complete runs behind `make
+demo`, `make evidence`, `make mmeb` and `make karr`."""
 
 from __future__ import annotations
 
@@ -36,15 +36,32 @@ def register(sub) -> None:
 
     from ..recipes.mmeb import MMEB_METHODS, MMEBBenchConfig
 
-    p = sub.add_parser("mmeb-bench", help="MMEB-style tasks (classification, VQA, retrieval, grounding) on the "
-                                          "shapes world: zero-shot, SLQ and LoRA, with and without mined hard "
-                                          "negatives, hit@1 per dataset (what `make mmeb` runs)")
-    p.add_argument("--out", type=Path, default=Path("runs/mmeb"), help="output folder (default: runs/mmeb)")
-    p.add_argument("--backbone", type=Path, default=None,
-                   help="checkpoint folder (default: slq-tiny-vl, the shipped pretrained backbone)")
-    p.add_argument("--methods", default=",".join(MMEB_METHODS), help="comma-separated (default: %(default)s)")
+    p = _bench_parser(sub, "mmeb-bench", "MMEB-style tasks (classification, VQA, retrieval, grounding) on the "
+                                         "shapes world: zero-shot, SLQ and LoRA, with and without mined hard "
+                                         "negatives, hit@1 per dataset (what `make mmeb` runs)", MMEB_METHODS)
     add_config_options(p, MMEBBenchConfig)
     p.set_defaults(func=run_mmeb_bench)
+
+    from ..recipes.karr import KARR_METHODS, KarrBenchConfig
+
+    p = _bench_parser(sub, "karr-bench", "knowledge-aware retrieval (KARR-Shapes) beside plain retrieval and what "
+                                         "each method's backbone can still do: zero-shot, SLQ, LoRA and full "
+                                         "fine-tuning trained on plain captions (what `make karr` runs)", KARR_METHODS)
+    p.add_argument("--karr", type=Path, default=None,
+                   help="KARR folder with karr.jsonl (default: the shipped KARR-Shapes)")
+    add_config_options(p, KarrBenchConfig)
+    p.set_defaults(func=run_karr_bench)
+
+
+def _bench_parser(sub, name: str, help: str, methods: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A bench command on the shipped default backbone: --out runs/NAME, --backbone, --methods."""
+    p = sub.add_parser(name, help=help)
+    folder = name.removesuffix("-bench")
+    p.add_argument("--out", type=Path, default=Path("runs") / folder, help=f"output folder (default: runs/{folder})")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="checkpoint folder (default: slq-tiny-vl, the shipped pretrained backbone)")
+    p.add_argument("--methods", default=",".join(methods), help="comma-separated (default: %(default)s)")
+    return p
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -77,3 +94,13 @@ def run_mmeb_bench(args: argparse.Namespace) -> None:
                             methods=[m.strip() for m in args.methods.split(",") if m.strip()])
     print(format_mmeb_comparison(report))
     print(f"slq: report written to {args.out / 'report.json'}, table to {args.out / 'table.md'}")
+
+
+def run_karr_bench(args: argparse.Namespace) -> None:
+    from ..recipes.karr import KarrBenchConfig, format_karr_table, run_karr_bench
+
+    report = run_karr_bench(args.out, config_from_args(KarrBenchConfig, args), backbone_dir=args.backbone,
+                            karr_dir=args.karr, methods=[m.strip() for m in args.methods.split(",") if m.strip()])
+    print(format_karr_table(report))
+    print(f"slq: report written to {args.out / 'report.json'}, tables to {args.out / 'karr.md'} and "
+          f"{args.out / 'table.md'}")

@@ -71,12 +71,15 @@ class _IndexEntry:
     tagsense_cnt: int
     first_offset: int  # the most frequent sense's synset
     source: str  # "index.noun:123", for messages
+    offsets: tuple[int, ...] = ()  # every sense's synset, most frequent first
 
 
 @dataclass(frozen=True)
 class _Synset:
     words: tuple[str, ...]  # case-sensitive, as entered by the lexicographer
     gloss: str
+    lex_filenum: int = -1  # the lexicographer file, i.e. the broad kind: 6 noun.artifact, 18 noun.person, ...
+    hypernyms: tuple[int, ...] = ()  # offsets of the '@' and '@i' (instance) pointers, in file order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def _parse_index_line(line: str, source: str) -> _IndexEntry:
         raise DataError(f"{source}: malformed index line {line[:80]!r} (see man 5 wndb)") from None
     if len(offsets) != synset_cnt or synset_cnt < 1:
         raise DataError(f"{source}: synset_cnt is {synset_cnt} but {len(offsets)} offsets follow")
-    return _IndexEntry(fields[0], tagsense_cnt, offsets[0], source)
+    return _IndexEntry(fields[0], tagsense_cnt, offsets[0], source, tuple(offsets))
 
 
 def _read_index(path: Path) -> list[_IndexEntry]:
@@ -150,16 +153,20 @@ class _DataFile:
         head, bar, gloss = line.partition(" | ")
         fields = head.split(" ")
         try:
-            own_offset, w_cnt = int(fields[0]), int(fields[3], 16)
+            own_offset, lex_filenum, w_cnt = int(fields[0]), int(fields[1]), int(fields[3], 16)
+            pointers = fields[5 + 2 * w_cnt :]  # after p_cnt: symbol offset pos source/target, ...
+            p_cnt = int(fields[4 + 2 * w_cnt])
         except (IndexError, ValueError):
-            own_offset, w_cnt = -1, -1
+            own_offset, lex_filenum, w_cnt, pointers, p_cnt = -1, -1, -1, [], -1
         words = tuple(fields[4 : 4 + 2 * w_cnt : 2])  # word lex_id word lex_id ...
-        if not bar or own_offset != offset or w_cnt < 1 or len(words) != w_cnt:
+        if not bar or own_offset != offset or w_cnt < 1 or len(words) != w_cnt or len(pointers) != 4 * p_cnt:
             raise DataError(
                 f"{self._source(offset)}: malformed synset line {line[:80]!r}, expected "
-                f"'{offset:08d} lex_filenum n w_cnt word lex_id ... | gloss' (see man 5 wndb)"
+                f"'{offset:08d} lex_filenum n w_cnt word lex_id ... p_cnt [pointer...] | gloss' (see man 5 wndb)"
             )
-        return _Synset(words, gloss)
+        hypernyms = tuple(int(pointers[i + 1]) for i in range(0, len(pointers), 4)
+                          if pointers[i] in ("@", "@i") and pointers[i + 2] == "n" and pointers[i + 1].isdigit())
+        return _Synset(words, gloss, lex_filenum, hypernyms)
 
 
 # ---------------------------------------------------------------------------------------------

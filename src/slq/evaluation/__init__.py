@@ -8,8 +8,8 @@ from .compare import (  # the function compare: slq.evaluation.compare.compare
            Method,
            standard_methods,
 )
-from .metrics import format_recall_table, recall_at_k
+from .metrics import format_recall_table, recall_at_k, recall_by_group
 from .retrieval import RetrievalEvaluator, evaluate
 
-__all__ = ["METHODS", "Method", "RetrievalEvaluator", "evaluate", "format_recall_table", "recall_at_k",
+__all__ = ["METHODS", "Method", "RetrievalEvaluator", "evaluate", "format_recall_table", "recall_at_k", "recall_by_group",
            "standard_methods"]

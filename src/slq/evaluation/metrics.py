@@ -98,22 +98,27 @@ def _tie_counts(sim: np.ndarray, t2i: np.ndarray) -> tuple[tuple[np.ndarray, ...
     return t2i_counts, (i2t_gt, i2t_ge - i2t_gt - at_best, at_best)
 
 
-def _hit_rates(above: np.ndarray, tied: np.ndarray, tied_pos: np.ndarray, ks: Sequence[int], ties: str) -> dict:
-    """Recall@k for each k: the mean over queries of hit@k under the tie rule (module docstring)."""
+def _hits(above: np.ndarray, tied: np.ndarray, tied_pos: np.ndarray, ks: Sequence[int], ties: str
+          ) -> dict[str, np.ndarray]:
+    """Per query and k, hit@k under the tie rule (module docstring): 0/1, or its expectation."""
     if ties == "strict":
-        return {f"R@{k}": float(np.mean(above + tied < k)) for k in ks}
+        return {f"R@{k}": (above + tied < k).astype(np.float64) for k in ks}
     # survival[m] = P(X >= m), X = tied negatives ranked before the first tied positive, m = 0..max(ks)
     survival = np.ones((max(ks) + 1, len(above)))  # (K + 1, Q)
     for m in range(1, max(ks) + 1):
         left = np.maximum(tied - (m - 1), 0)  # tied negatives not yet placed; 0 ends the product
         survival[m] = survival[m - 1] * left / np.maximum(tied_pos + tied - (m - 1), 1)
     queries = np.arange(len(above))
-    rates = {}
+    hits = {}
     for k in ks:
         room = k - above  # (Q,) places in the top k left for the tied group
-        hit = np.where(room > 0, 1.0 - survival[np.clip(room, 0, k), queries], 0.0)
-        rates[f"R@{k}"] = float(np.mean(hit))
-    return rates
+        hits[f"R@{k}"] = np.where(room > 0, 1.0 - survival[np.clip(room, 0, k), queries], 0.0)
+    return hits
+
+
+def _hit_rates(above: np.ndarray, tied: np.ndarray, tied_pos: np.ndarray, ks: Sequence[int], ties: str) -> dict:
+    """Recall@k for each k: the mean over queries of hit@k."""
+    return {k: float(np.mean(hit)) for k, hit in _hits(above, tied, tied_pos, ks, ties).items()}
 
 
 def check_ties(ties: str) -> str:
@@ -154,6 +159,34 @@ def recall_at_k(similarity: Any, text_to_image: Any, ks: Sequence[int] = (1, 5, 
     }
 
 
+def recall_by_group(similarity: Any, text_to_image: Any, groups: Sequence[str], ks: Sequence[int] = (1, 5, 10), *,
+                    ties: str = "average") -> dict[str, dict]:
+    """Recall@K both ways per group of images (a KARR category), every query still ranked against
+    the whole set: t2i over the texts of the group's images, i2t over the group's images.
+
+    `groups[i]` is image i's group. Returns `{group: {"t2i": …, "i2t": …, "n_images": …, "n_texts": …}}`,
+    groups in order of first appearance.
+    """
+    check_ties(ties)
+    sim = _as_numpy(similarity)
+    t2i = np.asarray(text_to_image)
+    _validate(sim, t2i, ks)
+    t2i = t2i.astype(np.int64, copy=False)
+    labels = np.asarray(list(groups), dtype=object)
+    if labels.shape != (sim.shape[1],):
+        raise ValueError(f"groups must name one group per image ({sim.shape[1]}), got {labels.shape[0]}")
+    t2i_counts, i2t_counts = _tie_counts(sim, t2i)
+    text_hits, image_hits = _hits(*t2i_counts, ks, ties), _hits(*i2t_counts, ks, ties)
+    report = {}
+    for group in dict.fromkeys(labels.tolist()):
+        images = labels == group  # (I,)
+        texts = images[t2i]  # (T,)
+        report[group] = {"t2i": {k: float(np.mean(h[texts])) for k, h in text_hits.items()},
+                         "i2t": {k: float(np.mean(h[images])) for k, h in image_hits.items()},
+                         "n_images": int(images.sum()), "n_texts": int(texts.sum())}
+    return report
+
+
 def format_recall_table(report: dict, title: str | None = None, directions: Sequence[str] = ("t2i", "i2t")) -> str:
     """A fixed-width table of a recall_at_k report, recalls in percent.
 
@@ -172,4 +205,25 @@ def format_recall_table(report: dict, title: str | None = None, directions: Sequ
     if "modality_gap" in report:
         gap = report["modality_gap"]
         lines.append(f"modality gap: centroid distance {gap['centroid_distance']:.3f}, spread {gap['spread']:.3f}")
+    for key in ("by_category", "by_clues"):
+        if key in report:
+            lines.append(format_by_category(report[key], directions, key.removeprefix("by_")))
+    return "\n".join(lines)
+
+
+def format_by_category(by_category: dict, directions: Sequence[str] = ("t2i", "i2t"), title: str = "category") -> str:
+    """Recall per category (or other group, named by `title`), one row each (percent), with its
+    number of images.
+
+    category                  images  t2i R@1   R@5  R@10  i2t R@1   R@5  R@10
+    """
+    forward, backward = directions
+    columns = list(next(iter(by_category.values()))[forward]) if by_category else []
+    head = f"{title:<24}{'images':>7}" + "".join(
+        f"{(d + ' ' if i == 0 else '') + c:>{9 if i == 0 else 6}}" for d in (forward, backward)
+        for i, c in enumerate(columns))
+    lines = [head]
+    for category, r in by_category.items():
+        lines.append(f"{category:<24}{r['n_images']:>7}" + "".join(
+            f"{100 * r[d][c]:>{9 if i == 0 else 6}.1f}" for d in (forward, backward) for i, c in enumerate(columns)))
     return "\n".join(lines)

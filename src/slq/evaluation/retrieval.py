@@ -5,7 +5,10 @@ from __future__ import annotations
 from ..data import ImageTextDataset
 from ..encoder import Encoder
 from .gap import modality_gap
-from .metrics import check_ties, recall_at_k
+from .metrics import check_ties, recall_at_k, recall_by_group
+
+
+GROUPINGS = {"category": "by_category", "clues": "by_clues"}  # a record's meta field -> the report's key
 
 
 def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 32,
@@ -14,7 +17,10 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
     """Embed every caption and target of `dataset` and score retrieval both ways.
 
     Returns `{forward: {"R@1": …}, backward: {…}, "n_images": …, "n_texts": …, "ties": …, "dataset": …,
-    "modality_gap": …}` (`slq.evaluation.gap`)
+    "modality_gap": …}` (`slq.evaluation.gap`), and `"by_category": {category: {forward: …, backward: …,
+    "n_images": …, "n_texts": …}}` when every record's meta names a `category` (a KARR benchmark; each
+    query still ranked against the whole set); likewise `"by_clues"` by the records' `clues` (KARR-Shapes:
+    clues seen beside images in pretraining, or met in text only)
     where forward/backward are the dataset's `directions` ("t2i"/"i2t" unless it names its own); a
     target→caption query hits when any of the target's captions is in the top k. `ties` is the rule
     for scores tied with a query's best positive (`slq.evaluation.metrics`): "average" or "strict".
@@ -22,11 +28,18 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
     check_ties(ties)  # before minutes of embedding
     text_emb = encoder.encode_text(dataset.texts(), batch_size=batch_size, show_progress_bar=show_progress_bar)
     target_emb = encoder.encode_targets(dataset.records, batch_size=batch_size, show_progress_bar=show_progress_bar)
-    scores = recall_at_k(text_emb @ target_emb.T, dataset.text_to_image(), ks=ks, ties=ties)  # (n_texts, n_targets)
+    similarity = text_emb @ target_emb.T  # (n_texts, n_targets)
+    scores = recall_at_k(similarity, dataset.text_to_image(), ks=ks, ties=ties)
     forward, backward = dataset.directions
     report = {forward: scores["t2i"], backward: scores["i2t"], "n_images": scores["n_images"],
               "n_texts": scores["n_texts"], "ties": ties, "dataset": dataset.name,
               "modality_gap": modality_gap(text_emb, target_emb)}
+    for field, key in GROUPINGS.items():
+        groups = [r.meta.get(field) for r in dataset.records]
+        if groups and all(isinstance(g, str) and g for g in groups):
+            report[key] = {
+                group: {forward: r["t2i"], backward: r["i2t"], "n_images": r["n_images"], "n_texts": r["n_texts"]}
+                for group, r in recall_by_group(similarity, dataset.text_to_image(), groups, ks=ks, ties=ties).items()}
     if dataset.skipped:
         report["skipped"] = [{"source": s.source, "reason": s.reason} for s in dataset.skipped]
     return report

@@ -1,0 +1,187 @@
+"""KARR rewrites of everyday English captions through the installed WordNet 3.0 (Debian's
+wordnet-base, which CI installs); the module is skipped where it is missing."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from slq.data import ImageRecord
+from slq.data.wordnet import DEFAULT_WORDNET_DIR
+from slq.karr.core import CATEGORIES, Candidate, counts, validate, words
+
+if not (DEFAULT_WORDNET_DIR / "data.noun").is_file():
+    pytest.skip("Debian's wordnet-base not installed", allow_module_level=True)
+
+from slq.karr.english import COLOUR_CLUES, ENGLISH_ATTRIBUTES, WordNetRewriter  # noqa: E402
+
+# COCO-style captions, and the categories each must yield a candidate for.
+CAPTIONS = {
+    "A man riding a horse on a beach": {"encyclopedic", "contextual_spatial"},
+    "Two dogs playing with a red ball": {"encyclopedic", "cultural_symbolism", "logical_mathematical"},
+    "A grey cat sitting on a bookshelf": {"encyclopedic", "cultural_symbolism"},
+    "A microwave sitting on a kitchen counter": {"encyclopedic", "functional", "contextual_spatial"},
+    "A red fire hydrant on the side of a street": {"encyclopedic", "cultural_symbolism"},
+    "A woman holding an umbrella in the rain": {"encyclopedic", "contextual_spatial"},
+    "Three zebras standing in a field of grass": {"encyclopedic", "logical_mathematical"},
+    "A knife next to a plate of food": {"encyclopedic", "tool_utility"},
+    "A man flies a kite in a park": {"encyclopedic", "contextual_spatial"},
+    "A giraffe stands near a tall tree": {"encyclopedic", "contextual_spatial"},
+    "Two people sitting on a bench in a park": {"encyclopedic", "logical_mathematical", "contextual_spatial"},
+    "A bus is parked next to a building": {"encyclopedic", "contextual_spatial"},
+    "Four birds on a wire": {"encyclopedic", "tool_utility", "logical_mathematical", "contextual_spatial"},
+    "A teddy bear on a bed": {"encyclopedic", "functional", "contextual_spatial"},
+    "A clock tower next to a church": {"encyclopedic", "contextual_spatial"},
+    "A white plate with two slices of pizza": {"encyclopedic", "cultural_symbolism", "logical_mathematical"},
+    "A laptop computer on a wooden desk": {"encyclopedic", "contextual_spatial"},
+    "The bus is yellow": {"encyclopedic", "cultural_symbolism"},
+    "A man cooks food in a kitchen": {"encyclopedic", "contextual_spatial"},
+    "An oven in a small kitchen": {"encyclopedic", "tool_utility", "contextual_spatial"},
+    "A bottle of wine on a table": {"encyclopedic", "contextual_spatial"},  # not the bottle: "of wine" would dangle
+    "Five sheep grazing on a green hill": {"encyclopedic", "cultural_symbolism", "logical_mathematical",
+                                           "contextual_spatial"},
+    "A black and white photo of a train": {"encyclopedic"},
+    "A brown bear walking through the forest": {"encyclopedic", "cultural_symbolism", "contextual_spatial"},
+    "A boy holding a baseball bat": {"encyclopedic"},
+    "3 cows standing behind a fence": {"encyclopedic", "logical_mathematical", "contextual_spatial"},
+    "A pink donut on a napkin": {"encyclopedic", "cultural_symbolism", "contextual_spatial"},
+    "A refrigerator next to a sink": {"encyclopedic", "contextual_spatial"},
+    "Two elephants walking along a river": {"encyclopedic", "logical_mathematical", "contextual_spatial"},
+    "A pair of scissors on a desk": {"encyclopedic", "contextual_spatial"},
+    # glosses that name a colour: the validator turns the encyclopedic rewrite away
+    "An apple next to a banana": {"encyclopedic", "contextual_spatial"},
+    "A swan swimming in a lake": {"encyclopedic", "contextual_spatial"},
+    "A lemon in a bowl": {"encyclopedic", "contextual_spatial"},
+    "A sandwich": {"encyclopedic"},
+}
+NOTHING = ["Playing outside", "It is sunny today", "There is a lot going on"]  # no object noun at all
+RECORD = ImageRecord(Path("/images/0.jpg"), tuple(CAPTIONS), "test:1")
+
+
+@pytest.fixture(scope="module")
+def rewriter() -> WordNetRewriter:
+    return WordNetRewriter()
+
+
+def candidates(rewriter, seed=0):
+    """Every candidate of every caption, {(caption, category): Candidate}, each drawn with its own rng."""
+    return {(caption, category): rewriter.rewrite(caption, RECORD, category, random.Random(seed))
+            for caption in CAPTIONS for category in CATEGORIES}
+
+
+def test_targets_find_multiword_nouns_plurals_and_counts(rewriter):
+    found = {t.span: t for t in rewriter.targets("Two fire hydrants and three mice next to a teddy bear")}
+    assert set(found) == {"fire hydrants", "mice", "teddy bear"}
+    hydrants, mice, bear = found["fire hydrants"], found["mice"], found["teddy bear"]
+    assert (hydrants.lemma, hydrants.plural, hydrants.count) == ("fire hydrant", True, 2)
+    assert (mice.lemma, mice.plural, mice.count) == ("mouse", True, 3)  # an irregular plural (noun.exc)
+    assert (bear.lemma, bear.plural, bear.count, bear.place) == ("teddy bear", False, None, "next to")
+    assert {"fire hydrant", "fire hydrants", "hydrant", "hydrants"} <= set(hydrants.forbidden)  # head word too
+    assert {"mouse", "mice"} <= set(mice.forbidden)
+    assert {"teddy", "teddies", "bear"} <= set(bear.forbidden)  # a synonym and the head word
+
+
+def test_targets_skip_function_words_colours_generic_nouns_and_verbs(rewriter):
+    spans = [t.span for t in rewriter.targets("A man stands in front of a white wall while a dog flies a kite")]
+    assert spans == ["man", "wall", "dog", "kite"]  # not "stands", "front", "white", "flies"
+    assert [t.span for t in rewriter.targets("A close up picture of the side of a bus")] == ["bus"]
+    assert [t.span for t in rewriter.targets("Two flies on a kitchen counter")] == ["flies", "counter"]
+
+
+def test_targets_take_the_first_concrete_sense_and_its_synonyms(rewriter):
+    microwave = rewriter.targets("a microwave")[0]  # sense 1 is the electromagnetic wave
+    assert "kitchen appliance" in rewriter.wordnet.definition(microwave.synset)
+    assert "microwave oven" in microwave.forbidden
+    car = rewriter.targets("a red car")[0]
+    assert {"car", "cars", "automobile", "automobiles", "auto"} <= set(car.forbidden)
+
+
+@pytest.mark.parametrize("caption", CAPTIONS)
+def test_each_caption_yields_its_categories(rewriter, caption):
+    for category in CATEGORIES:
+        candidate = rewriter.rewrite(caption, RECORD, category, random.Random(0))
+        if category in CAPTIONS[caption]:
+            assert candidate is not None, f"{caption!r} should yield {category}"
+        if candidate is not None:
+            assert candidate.category == category
+            assert candidate.caption != caption and candidate.forbidden
+            assert len(candidate.rewrites) == 1 and candidate.rewrites[0].span in caption
+
+
+@pytest.mark.parametrize("caption", NOTHING)
+def test_no_object_no_candidate(rewriter, caption):
+    assert all(rewriter.rewrite(caption, RECORD, c, random.Random(0)) is None for c in CATEGORIES)
+
+
+def test_every_category_is_yielded(rewriter):
+    found = {c.category for c in candidates(rewriter).values() if c is not None}
+    assert found == set(CATEGORIES) == set(rewriter.categories)
+
+
+def test_deterministic_given_the_seed(rewriter):
+    assert candidates(rewriter, seed=3) == candidates(rewriter, seed=3)
+    other = WordNetRewriter()
+    assert candidates(other, seed=3) == candidates(rewriter, seed=3)
+    clues = {rewriter.rewrite("A red ball", RECORD, "cultural_symbolism", random.Random(s)).caption
+             for s in range(20)}
+    assert len(clues) > 1, "the seed should choose among the clues"
+
+
+def test_the_validator_accepts_most(rewriter):
+    made = {key: c for key, c in candidates(rewriter).items() if c is not None}
+    rejected = {key: validate(key[0], c, ENGLISH_ATTRIBUTES) for key, c in made.items()}
+    rejected = {key: reason for key, reason in rejected.items() if reason is not None}
+    assert len(rejected) <= 0.1 * len(made), rejected
+
+
+def test_counts_survive_as_arithmetic(rewriter):
+    for seed in range(10):
+        candidate = rewriter.rewrite("Two dogs and 3 cats", RECORD, "logical_mathematical", random.Random(seed))
+        assert not {"two", "2"} & set(words(candidate.caption)), candidate.caption
+        assert sorted(counts(candidate.caption)) == [2, 3]
+        assert validate("Two dogs and 3 cats", candidate, ENGLISH_ATTRIBUTES) is None
+
+
+def test_colour_clues_never_name_a_colour():
+    for colour, clues in COLOUR_CLUES.items():
+        for clue in clues:
+            assert not any(w.startswith(a) for w in words(clue) for a in ENGLISH_ATTRIBUTES), (colour, clue)
+
+
+def test_a_clue_never_repeats_the_caption(rewriter):
+    for seed in range(10):
+        candidate = rewriter.rewrite("A white swan near milk", RECORD, "cultural_symbolism", random.Random(seed))
+        assert candidate.caption.endswith("the colour of fresh snow near milk")
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("Two canines playing with a dog", "names_target"),  # the noun leaked
+        ("(1+1) dogs playing with a red ball", "names_target"),  # the plural leaked
+        ("Two domestic dogs playing with a red ball", "names_target"),  # a synonym (multiword) leaked
+        ("Three canines playing with a red ball", "changed_count"),  # the count changed
+        ("Two canines playing with a blue ball", "changed_attribute"),  # a colour the image does not show
+    ],
+)
+def test_the_validator_catches_bad_rewrites(rewriter, bad, reason):
+    source = "Two dogs playing with a red ball"
+    good = rewriter.rewrite(source, RECORD, "encyclopedic", random.Random(0))
+    assert validate(source, good, ENGLISH_ATTRIBUTES) is None
+    assert validate(source, replace(good, caption=bad), ENGLISH_ATTRIBUTES) == reason
+
+
+def test_a_leaked_synonym_is_forbidden(rewriter):
+    source = "A car parked on a street"
+    good = rewriter.rewrite(source, RECORD, "encyclopedic", random.Random(0))
+    assert validate(source, good, ENGLISH_ATTRIBUTES) is None
+    bad = Candidate("An automobile parked on a street", "encyclopedic", good.rewrites, good.forbidden)
+    assert validate(source, bad, ENGLISH_ATTRIBUTES) == "names_target"
+
+
+def test_a_missing_wordnet_names_the_setting(tmp_path):
+    with pytest.raises(Exception, match="wordnet_dir"):
+        WordNetRewriter(tmp_path / "nowhere")
