@@ -111,3 +111,17 @@ def test_shipped_karr_shapes_is_its_commands_output(tmp_path):
     assert digest(tmp_path / "k") == digest(KARR_SHAPES)
     summary = json.loads((KARR_SHAPES / "build.json").read_text())
     assert summary["pairs"] >= 500 and sum(c["accepted"] > 0 for c in summary["categories"].values()) >= 5
+
+
+def test_a_place_turned_round_is_a_changed_attribute():
+    """An LM's "on the right side" for the source's "on the left side" names the wrong place: the
+    validator turns it away, while the rule's own "on the side opposite the right" passes."""
+    from slq.karr import Candidate, Rewrite
+
+    source = "a small orange circle on the left side"
+    wrong = Candidate("a small orange circle on the right side", "contextual_spatial",
+                      (Rewrite("on the left side", "on the right side", "lm"),), ("left",))
+    assert validate(source, wrong, SHAPES_ATTRIBUTES) == "changed_attribute"
+    rule = ShapesRewriter().rewrite(source, record(("orange", "circle")), "contextual_spatial", random.Random(0))
+    assert rule.caption == "a small orange circle on the side opposite the right"
+    assert validate(source, rule, SHAPES_ATTRIBUTES) is None

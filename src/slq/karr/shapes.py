@@ -31,9 +31,11 @@ from pathlib import Path
 from ..data import Record
 from ..data.shapes import (COLOUR_CLUES, COLOUR_MIXES, COLOURS, NUMBER_WORDS, SEEN_COLOUR_THINGS, SEEN_COUNT_CLUES,
                            SEEN_SHAPE_CLUES, SHAPE_CLUES, SHAPES, plural)
-from .core import Candidate, Rewrite
+from .core import Candidate, Rewrite, words
 
-ATTRIBUTES = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(plural(s) for s in SHAPES)  # checkable words
+_PLACES = ("top", "bottom", "left", "right", "above", "below", "centre", "middle")
+ATTRIBUTES = frozenset(COLOURS) | frozenset(SHAPES) | frozenset(plural(s) for s in SHAPES) | frozenset(_PLACES)
+# the words a reader can check against the image: a rewrite may not name one its source did not
 
 _COLOUR = "|".join(COLOURS)
 _SHAPE = "|".join(SHAPES)
@@ -191,7 +193,7 @@ class ShapesRewriter:
         return (text, rewrites, forbidden, allowed) if rewrites else None
 
     def _spatial(self, caption, record, rng, seen):
-        rewrites, forbidden = [], set()
+        rewrites, forbidden, allowed = [], set(), set()
         opposite = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}
         rules = (  # (pattern, replacement function, rule, neutral function)
             (r"\b(?:in the|at the) (top|bottom) (left|right)(?: corner)?\b",
@@ -211,6 +213,7 @@ class ShapesRewriter:
                 out = clue(m)
                 rewrites.append(Rewrite(m.group(), out, rule, neutral(m)))
                 forbidden.update(w for w in m.groups() if w in (*opposite, "above", "below"))
+                allowed.update(w for w in words(out) if w in _PLACES)  # "opposite the right": a clue, not a claim
                 return out
 
             text = re.sub(pattern, apply, text)
@@ -219,9 +222,10 @@ class ShapesRewriter:
             text, rewrite, word = swapped
             rewrites.append(rewrite)
             forbidden.add(word)
+            allowed.add("right" if word == "left" else "left")
         if not rewrites:
             return None
-        return text, rewrites, forbidden, set()
+        return text, rewrites, forbidden, allowed
 
     @staticmethod
     def _swap_left_right(text: str) -> tuple[str, Rewrite, str] | None:
