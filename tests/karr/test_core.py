@@ -23,6 +23,7 @@ def candidate(text: str, forbidden=("red",), allowed=()) -> Candidate:
     ("two circles (the colour of a tomato and a blue square", "garbled"),
     ("two circles\x07 and a blue square", "garbled"),
     ("Two red circles and a blue square", "unchanged"),
+    ("two circles and a blue square", "only_deleted"),
     ("two red round shapes and a blue square", "names_target"),
     ("three circles the colour of a tomato and a blue square", "changed_count"),
     ("(1+2) circles the colour of a tomato and a blue square", "changed_count"),

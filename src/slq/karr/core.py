@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +34,7 @@ REJECTIONS = {  # reason -> what it means, in the order they are checked
     "garbled": "not a caption: control characters, a word repeated three times, unbalanced brackets, or far "
                "longer than its source",
     "unchanged": "the rewrite changed nothing",
+    "only_deleted": "the rewrite only took words out: nothing describes what it removed",
     "names_target": "still names what it should describe (the word, its plural, a synonym)",
     "changed_count": "a count of the source is missing (in words, digits or arithmetic)",
     "changed_attribute": "names an attribute (a colour, a shape, ...) the source did not",
@@ -149,6 +151,8 @@ def validate(source: str, candidate: Candidate, attributes: Iterable[str] = ()) 
         return "garbled"
     if " ".join(tokens) == " ".join(words(source)):
         return "unchanged"
+    if not Counter(tokens) - Counter(words(source)):
+        return "only_deleted"
     forbidden = {w.lower() for w in candidate.forbidden}
     if forbidden & set(tokens) or any(" " in f and re.search(rf"\b{re.escape(f)}\b", text.lower())
                                       for f in forbidden):

@@ -93,7 +93,8 @@ class LMRewriter:
             answer = self.ask(few_shot_prompt(category, r.span, rule.forbidden))
             text = text.replace(r.span, answer, 1)
             rewrites.append(Rewrite(r.span, answer, "lm"))
-        return Candidate(text, category, tuple(rewrites), rule.forbidden, rule.allowed)
+        # no attribute allowed: the rule's exemptions were for its own clues, not for whatever the LM wrote
+        return Candidate(text, category, tuple(rewrites), rule.forbidden)
 
     def ask(self, prompt: str) -> str:
         """The model's greedy answer's first line, from the cache when it was asked before."""
