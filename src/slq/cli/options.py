@@ -70,15 +70,15 @@ def config_from_args(config_cls, args: argparse.Namespace, **fixed):
     return config_cls(**{**given, **fixed})
 
 
-def backbone_options(p: argparse.ArgumentParser, recorded: str | None = None) -> None:
+def backbone_options(p: argparse.ArgumentParser, recorded: str | None = None, *, default: str | None = None) -> None:
     """--backbone and how to load it; `recorded` (e.g. "the index") makes --backbone optional, defaulting to
-    the one that thing recorded."""
+    the one that thing recorded; `default` (what the command falls back on, in words) makes it optional too."""
     from ..backbone import IMAGE_FITS
 
-    p.add_argument("--backbone", required=recorded is None, type=Path, default=None,
+    fallback = f"; default: the one {recorded} recorded" if recorded else f"; default: {default}" if default else ""
+    p.add_argument("--backbone", required=recorded is None and default is None, type=Path, default=None,
                    help="checkpoint folder of the vision-language model or text-only causal LM, or a .gguf file "
-                        "(converted once into slq's cache)" + (f"; default: the one {recorded} recorded" if recorded
-                                                               else ""))
+                        "(converted once into slq's cache)" + fallback)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="backbone weights dtype (default: float32)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cpu)")
     p.add_argument("--trust-remote-code", action="store_true",

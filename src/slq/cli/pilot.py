@@ -30,11 +30,7 @@ def register(sub) -> None:
     p = sub.add_parser("pilot", help="the paper's Figure 2: cosine scores of texts against images under last-token "
                                      "pooling and under an adapter's queries, as a table and a heat map",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    backbone_options(p)
-    backbone = next(a for a in p._actions if a.dest == "backbone")  # here --backbone has a default
-    backbone.required = False
-    backbone.help = ("checkpoint folder of the vision-language model (default: slq-tiny-vl, the shipped "
-                     "pretrained backbone)")
+    backbone_options(p, default="slq-tiny-vl, the shipped pretrained backbone")
     p.add_argument("--adapter", type=Path, default=None,
                    help="adapter folder written by `slq train` (e.g. `slq demo`'s runs/demo/adapters/slq): adds "
                         "query pooling beside last-token pooling (default: last-token pooling only)")
