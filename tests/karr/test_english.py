@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from slq.data import ImageRecord
+from slq.data import ImageRecord, ImageTextDataset
 from slq.data.wordnet import DEFAULT_WORDNET_DIR
-from slq.karr.core import CATEGORIES, Candidate, counts, validate, words
+from slq.karr.build import build_karr, control_dataset
+from slq.karr.core import CATEGORIES, Candidate, Rewrite, control_caption, counts, validate, words
 
 if not (DEFAULT_WORDNET_DIR / "data.noun").is_file():
     pytest.skip("Debian's wordnet-base not installed", allow_module_level=True)
@@ -185,3 +186,68 @@ def test_a_leaked_synonym_is_forbidden(rewriter):
 def test_a_missing_wordnet_names_the_setting(tmp_path):
     with pytest.raises(Exception, match="wordnet_dir"):
         WordNetRewriter(tmp_path / "nowhere")
+
+
+# (caption, category) -> (rule, control caption): the rewritten span made neutral, the rest kept as it was
+CONTROLS = {
+    ("A man riding a horse on a beach", "encyclopedic"): ("wordnet_gloss", "Something riding a horse on a beach"),
+    ("Four birds on a wire", "encyclopedic"): ("wordnet_gloss", "Four things on a wire"),  # the count stays
+    ("A grey cat sitting on a bookshelf", "encyclopedic"): ("wordnet_gloss", "A grey thing sitting on a bookshelf"),
+    ("The bus is yellow", "encyclopedic"): ("wordnet_gloss", "Something is yellow"),
+    ("A knife next to a plate of food", "tool_utility"): ("use_clause", "Something next to a plate of food"),
+    ("Four birds on a wire", "tool_utility"): ("use_clause", "Four birds on something"),
+    ("A microwave sitting on a kitchen counter", "functional"): ("agent_clause",
+                                                                 "Something sitting on a kitchen counter"),
+    ("3 cows standing behind a fence", "functional"): ("agent_clause", "3 cows standing behind something"),
+    ("Two dogs playing with a red ball", "cultural_symbolism"): ("colour_clue", "Two dogs playing with a ball"),
+    ("The bus is yellow", "cultural_symbolism"): ("colour_clue", "The bus is coloured"),
+    ("Two dogs playing with a red ball", "logical_mathematical"): ("arithmetic", "Some dogs playing with a red ball"),
+    ("3 cows standing behind a fence", "logical_mathematical"): ("arithmetic", "Some cows standing behind a fence"),
+    ("A man riding a horse on a beach", "contextual_spatial"): ("place_gloss", "A man riding a horse on something"),
+    ("A brown bear walking through the forest", "contextual_spatial"): ("place_gloss",
+                                                                        "A brown bear walking through something"),
+    # beyond the list: an article that must change, a determiner before a count, one, a span said twice
+    ("An orange cat on a sofa", "cultural_symbolism"): ("colour_clue", "A cat on a sofa"),
+    ("The two dogs on a beach", "logical_mathematical"): ("arithmetic", "The dogs on a beach"),
+    ("A stone with one bird", "logical_mathematical"): ("arithmetic", "A stone with a bird"),
+    ("A red and white bus is red", "cultural_symbolism"): ("colour_clue", "A red and white bus is coloured"),
+}
+
+
+@pytest.mark.parametrize(("caption", "category"), CONTROLS)
+def test_each_rule_has_a_control_caption(rewriter, caption, category):
+    rule, control = CONTROLS[caption, category]
+    candidate = rewriter.rewrite(caption, RECORD, category, random.Random(0))
+    assert candidate.rewrites[0].rule == rule
+    assert control_caption(caption, candidate.rewrites) == control
+
+
+def test_a_control_caption_drops_the_target_and_adds_no_clue(rewriter):
+    made = {key: c for key, c in candidates(rewriter).items() if c is not None}
+    assert {c.rewrites[0].rule for c in made.values()} == {"wordnet_gloss", "use_clause", "agent_clause",
+                                                           "colour_clue", "arithmetic", "place_gloss"}
+    for (caption, _), candidate in made.items():
+        control = control_caption(caption, candidate.rewrites)
+        assert control is not None and control != caption, caption
+        tokens = set(words(control))
+        forbidden = {f.lower() for f in candidate.forbidden}
+        assert not forbidden & tokens and not any(" " in f and f in control.lower() for f in forbidden), control
+        added = set(words(candidate.rewrites[0].replacement)) - set(words(caption))
+        assert not added & tokens, (control, added & tokens)
+
+
+def test_build_writes_english_control_captions(rewriter):
+    captions = ["A man riding a horse on a beach", "Two dogs playing with a red ball", "A knife next to a plate of food",
+                "A microwave sitting on a kitchen counter", "The bus is yellow", "3 cows standing behind a fence"]
+    records = [ImageRecord(Path(f"/images/{i}.jpg"), (c,), f"test:{i}") for i, c in enumerate(captions)]
+    build = build_karr(ImageTextDataset(records, "english"), [rewriter], attributes=ENGLISH_ATTRIBUTES,
+                       progress=False)
+    assert len(build.records) == len(captions)
+    for record in build.records:
+        meta = record.meta
+        assert all(r["neutral"] for r in meta["rewrites"])
+        assert meta["control_caption"] == control_caption(
+            meta["source_caption"], [Rewrite(**r) for r in meta["rewrites"]])
+        assert meta["control_caption"] not in (meta["source_caption"], record.captions[0])
+    assert [r.captions[0] for r in control_dataset(ImageTextDataset(build.records, "karr")).records] == [
+        r.meta["control_caption"] for r in build.records]

@@ -384,14 +384,43 @@ class WordNetRewriter:
         found = rule(caption, self.targets(caption), rng) if rule else None
         if found is None:
             return None
-        (start, end, replacement, rule_name), forbidden = found
+        (start, end, replacement, neutral, rule_name), forbidden = found
         if start == 0:
-            replacement = replacement[:1].upper() + replacement[1:]
+            replacement, neutral = (s[:1].upper() + s[1:] for s in (replacement, neutral))
         text = caption[:start] + replacement + caption[end:]
-        rewrite = Rewrite(caption[start:end], replacement, rule_name)
+        # `control_caption` and the LM rewriter replace a span's first occurrence: a span that also stands
+        # earlier ("one" in "a phone and one cat") takes in the words before it until it stands nowhere else
+        while start and caption.find(caption[start:end]) != start:
+            before = list(_TOKEN.finditer(caption[:start]))
+            wider = before[-1].start() if before else 0
+            replacement, neutral, start = caption[wider:start] + replacement, caption[wider:start] + neutral, wider
+        rewrite = Rewrite(caption[start:end], replacement, rule_name, neutral)
         return Candidate(text, category, (rewrite,), tuple(sorted(forbidden)))
 
-    # Each rule returns ((start, end, replacement, rule name), forbidden words) or None.
+    # Each rule returns ((start, end, replacement, neutral, rule name), forbidden words) or None. The neutral
+    # form is the span with the clue's knowledge taken out and nothing put in, so that the control caption
+    # (`core.control_caption`) retrieves with the rest of the caption alone: a noun becomes "something",
+    # "thing" or "things", a colour goes, a count becomes "some".
+
+    def _modified(self, caption: str, target: Target) -> bool:
+        """Whether the word before a singular target belongs to its noun phrase (a determiner, number,
+        possessive, adjective or noun: "a tall tree", "a kitchen counter"), so a generic noun takes the
+        target's place ("a tall thing") rather than the whole phrase's ("holding something")."""
+        before = [w.lower() for w in _TOKEN.findall(caption[: target.start])][-2:]
+        previous = before[-1] if before else ""
+        if not previous or previous in _NOUN_AFTER:
+            return False
+        if (previous in _DETERMINERS or previous in NUMBER_WORDS or previous.isdigit() or previous.endswith("'s")
+                or previous in ENGLISH_ATTRIBUTES):
+            return True
+        if previous in _FUNCTION_WORDS:
+            return False
+        if previous in self.wordnet.adjectives:
+            return True
+        # a noun, unless it is an inflected verb ("holding pizza") with no determiner before it ("a cooking pot")
+        return previous in self.wordnet.senses and (
+            not previous.endswith(("s", "ed", "ing")) or not self.wordnet.can_be_verb(previous)
+            or len(before) > 1 and before[0] in _DETERMINERS)
 
     def _described(self, caption: str, target: Target, rule: str, singular: str, plural: str | None = None,
                    predicate: str | None = None):
@@ -409,19 +438,24 @@ class WordNetRewriter:
                 pronoun = "whom" if self.wordnet.synset(target.synset).lex_filenum == _PERSON else "which"
                 tail = "," if after.strip(" .") else ""
                 plural = f"{self.wordnet.plurals(hypernym)[0]}, each of {pronoun} {predicate}{tail}"
-            return (target.start, target.end, plural, rule), target.forbidden
+            return (target.start, target.end, plural, "things", rule), target.forbidden  # "two things"
         before = caption[: target.start].rstrip()
         previous = _previous_word(caption, target)
         lead, _, body = singular.partition(" ")
         if previous in _DETERMINERS and (previous in ("a", "an") or lead not in ("a", "an")):
-            return (len(before) - len(previous), target.end, singular, rule), target.forbidden  # its own determiner
+            return (len(before) - len(previous), target.end, singular, "something", rule), \
+                target.forbidden  # its own determiner
         if lead not in ("a", "an") and previous and previous not in _NOUN_AFTER:
             return None  # "a brown" + "one of the ..." cannot be joined
         if not previous or lead not in ("a", "an"):
             body = singular  # "on" + "an area of sand ...", "in" + "one of the ..."
         if body.split(" ", 1)[0].lower() == previous:
             body = body.split(" ", 1)[1]  # "a tall" + "tall perennial woody plant" says "tall" once
-        return (target.start, target.end, body, rule), target.forbidden
+        if previous in ("the", "some"):  # the span takes the determiner in, so the phrase can become "something"
+            start = len(before) - len(previous)
+            return (start, target.end, caption[start : target.start] + body, "something", rule), target.forbidden
+        neutral = "thing" if self._modified(caption, target) else "something"
+        return (target.start, target.end, body, neutral, rule), target.forbidden
 
     def _gloss_rule(self, caption: str, candidates: list[Target], rule: str):
         for target in candidates:
@@ -505,9 +539,14 @@ class WordNetRewriter:
             forbidden = _SAME_COLOUR.get(word, {word})
             noun = next((starts[s] for s in starts if caption[end:s].strip() == "" and s > start), None)
             if noun is not None:
-                return (start, noun.end, f"{noun.span} {clue}", "colour_clue"), forbidden
-            if before in _LINKING:
-                return (start, end, clue, "colour_clue"), forbidden
+                if before in ("a", "an") and before != _article(noun.span):  # "an orange cat" -> "a cat ..."
+                    start = tokens[i - 1][1]
+                    article = _article(noun.span).capitalize() if caption[start].isupper() else _article(noun.span)
+                    return (start, noun.end, f"{article} {noun.span} {clue}", f"{article} {noun.span}",
+                            "colour_clue"), forbidden
+                return (start, noun.end, f"{noun.span} {clue}", noun.span, "colour_clue"), forbidden
+            if before in _LINKING:  # "is yellow" -> "is coloured": a colour without saying which
+                return (start, end, clue, "a colour" if before == "painted" else "coloured", "colour_clue"), forbidden
         return None
 
     def _count_rule(self, caption, targets, rng):
@@ -519,5 +558,13 @@ class WordNetRewriter:
             word = caption[start:end].lower()
             n = target.count
             forbidden = {str(n), word} | ({NUMBER_WORDS[n]} if n < len(NUMBER_WORDS) else set())
-            return (start, end, rng.choice(_expressions(n)), "arithmetic"), forbidden
+            expression = rng.choice(_expressions(n))
+            before = list(_TOKEN.finditer(caption[:start]))
+            if before and before[-1].group().lower() in _DETERMINERS:  # "the two dogs" -> "the dogs", not "the some"
+                det = before[-1]
+                return (det.start(), end, caption[det.start() : start] + expression, det.group(), "arithmetic"), \
+                    forbidden
+            after = _TOKEN.findall(caption[end:])
+            neutral = _article(after[0]) if n == 1 and after else "some"  # "one dog" -> "a dog"
+            return (start, end, expression, neutral, "arithmetic"), forbidden
         return None
