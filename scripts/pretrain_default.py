@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from slq.recipes.pretrain import MODEL_OVERRIDES, PretrainConfig, caption_attribute_accuracy, model_card, pretrain
+from slq.recipes.pretrain import PretrainConfig, caption_attribute_accuracy, model_card, pretrain
 
 
 def parse_args(argv=None):
@@ -37,6 +37,11 @@ def parse_args(argv=None):
                    help="torch threads; the weights are reproducible for a given count")
     p.add_argument("--image-side", type=int, default=PretrainConfig.image_side,
                    help="images are resized to this square (multiple of 16): (side/16)^2 image tokens")
+    p.add_argument("--hidden-size", type=int, default=PretrainConfig.hidden_size,
+                   help="the language model's width (a multiple of 24); bigger than the default: not slq-tiny-vl")
+    p.add_argument("--num-layers", type=int, default=PretrainConfig.num_layers, help="language-model layers")
+    p.add_argument("--intermediate-size", type=int, default=PretrainConfig.intermediate_size,
+                   help="the language model's MLP width")
     p.add_argument("--n-train", type=int, default=4000, help="training images of the world")
     p.add_argument("--n-test", type=int, default=200, help="test images (caption accuracy and retrieval)")
     p.add_argument("--mixture", type=json.loads, default=None,
@@ -62,7 +67,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             threads=args.threads, image_side=args.image_side,
-                            vision_lr_ratio=args.vision_lr_ratio,
+                            vision_lr_ratio=args.vision_lr_ratio, hidden_size=args.hidden_size,
+                            num_layers=args.num_layers, intermediate_size=args.intermediate_size,
                             **({"mixture": args.mixture} if args.mixture is not None else {}))
     print(f"[1/4] shapes world: {args.n_train} train / {args.n_test} test images -> {work / 'world'}", flush=True)
     world = write_world(work / "world", n_train=args.n_train, n_val=max(1, args.n_test // 4), n_test=args.n_test,
@@ -134,7 +140,7 @@ def _describe(out: Path, image_side: int) -> dict:
     return {"dims": {"hidden": text.hidden_size, "layers": text.num_hidden_layers,
                      "heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads,
                      "intermediate": text.intermediate_size, "vocab": text.vocab_size,
-                     "mrope_section": MODEL_OVERRIDES["text_config"]["rope_parameters"]["mrope_section"],
+                     "mrope_section": text.rope_parameters["mrope_section"],
                      "vision_depth": vision.depth, "vision_embed": vision.embed_dim, "patch": vision.patch_size,
                      "image_tokens": side * side},
             "parameters": parameters, "megabytes": (out / "model.safetensors").stat().st_size / 2**20}

@@ -241,6 +241,23 @@ def test_bad_vision_settings_are_named():
         PretrainConfig(merger_init_scale=0.0)
 
 
+def test_a_bigger_default_is_the_same_model_wider(world, tmp_path):
+    """`model_overrides()` is the shipped size; a bigger one keeps the heads, M-RoPE and vision
+    tower consistent, and a size that cannot be built is named."""
+    from transformers import AutoConfig
+
+    from slq.recipes.pretrain import MODEL_OVERRIDES, model_overrides
+
+    assert model_overrides() == MODEL_OVERRIDES
+    folder = build_initial_model(tmp_path / "wide", world, seed=0,
+                                 size={"hidden_size": 384, "num_layers": 2, "intermediate_size": 256})
+    text = AutoConfig.from_pretrained(folder).text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (384, 2, 256)
+    assert sum(text.rope_parameters["mrope_section"]) == 384 // text.num_attention_heads // 2
+    with pytest.raises(SLQError, match="hidden_size"):
+        PretrainConfig(hidden_size=200)
+
+
 def test_listing_names_every_object_in_reading_order(world):
     objects = [{"shape": "star", "colour": "red", "size": "small"},
                {"shape": "circle", "colour": "blue", "size": "large"},
@@ -330,3 +347,22 @@ def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     assert any(line.startswith("broken ") and line.endswith("failed") for line in table)
     assert (rows[0]["scored_on"], rows[0]["images"]) == ("val", 200), "scored on validation, never on the test split"
     assert rows[0]["config"]["steps"] == 2 and rows[0]["device"] == "cpu", "a row says what it ran"
+
+
+def test_only_text_tasks_name_text_only_clues(world):
+    """Clues kept from images (`text_only`) may reach the text paraphrase `knowledge_paraphrase_all`,
+    never a task with an image: KARR-Shapes' text-only clues stay out of sight of any picture."""
+    from slq.data.shapes import COLOUR_CLUES, SEEN_COLOUR_THINGS
+
+    records, knowledge, held_out = _load_world_text(world)
+    text_only = [f"of {t}" for c, things in COLOUR_CLUES.items() for t in things if t not in SEEN_COLOUR_THINGS[c]]
+    data = GenerativeData(records, knowledge, held_out, {"knowledge_paraphrase_all": 1.0})
+    rng = random.Random(0)
+    examples = {task: [data.example(task, rng) for _ in range(200)]
+                for task in ("knowledge_caption", "knowledge_paraphrase", "knowledge_paraphrase_all")}
+    assert all(e.image is None for e in examples["knowledge_paraphrase_all"] + examples["knowledge_paraphrase"])
+    assert all(e.image is not None for e in examples["knowledge_caption"])
+    named = {task: sum(any(t in e.text + e.answer for t in text_only) for e in found)
+             for task, found in examples.items()}
+    assert named["knowledge_caption"] == named["knowledge_paraphrase"] == 0, named
+    assert named["knowledge_paraphrase_all"] > 20, named

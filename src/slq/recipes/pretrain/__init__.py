@@ -17,13 +17,13 @@ from ...evaluation.capability import (caption_attribute_accuracy, generate_capti
                                       vision_feature_health)
 from .card import model_card
 from .config import (MODEL_OVERRIDES, TASKS, VOCAB_SIZE, WORLD_PIXEL_MEAN, WORLD_PIXEL_STD, PretrainConfig,
-                     image_processor_overrides, mixture_at)
+                     image_processor_overrides, mixture_at, model_overrides)
 from .loop import PretrainResult, build_initial_model, pretrain, tokenizer_corpus
 from .tasks import IGNORE, Collator, Example, GenerativeData, listing, vqa_pairs
 
 __all__ = [
     "IGNORE", "MODEL_OVERRIDES", "TASKS", "VOCAB_SIZE", "WORLD_PIXEL_MEAN", "WORLD_PIXEL_STD", "Collator", "Example",
     "GenerativeData", "PretrainConfig", "PretrainResult", "build_initial_model", "caption_attribute_accuracy",
-    "generate_captions", "image_processor_overrides", "listing", "mixture_at", "model_card", "pretrain",
+    "generate_captions", "image_processor_overrides", "listing", "mixture_at", "model_card", "model_overrides", "pretrain",
     "score_caption", "tokenizer_corpus", "vision_feature_health", "vqa_pairs",
 ]

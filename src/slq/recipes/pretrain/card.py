@@ -18,6 +18,8 @@ _TASK_CARD = {
     "knowledge_qa": "user = a question about a corpus fact (\"what colour is a banana?\"), assistant = its answer",
     "knowledge_caption": "user = the image alone, assistant = a knowledge caption of it (clues seen with images only)",
     "knowledge_paraphrase": "user = a knowledge caption, assistant = a plain caption of the same image",
+    "knowledge_paraphrase_all": "user = a knowledge caption through any clue (text-only clues included; no image), "
+                                "assistant = a plain caption of the same image",
     "knowledge_vqa": "user = the image and a question asked through clues (\"is there something the colour of a "
                      "banana?\"), assistant = a one-word answer",
 }

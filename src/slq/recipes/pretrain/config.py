@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ...errors import SettingError
 
 TASKS = ("caption", "listing", "vqa", "paraphrase", "knowledge", "colour", "shape",
-         "knowledge_qa", "knowledge_caption", "knowledge_paraphrase", "knowledge_vqa")
+         "knowledge_qa", "knowledge_caption", "knowledge_paraphrase", "knowledge_vqa", "knowledge_paraphrase_all")
 
 # slq-tiny-vl: a Qwen2-VL with a 4-layer, 192-wide language model and a 3-block vision tower whose
 # 8-px patches, merged 2x2, turn a 64x64 image into 16 tokens (the processor resizes every image to
@@ -22,6 +22,15 @@ MODEL_OVERRIDES = {
     "vision_config": {"depth": 3, "embed_dim": 128, "hidden_size": 192, "num_heads": 4, "mlp_ratio": 2,
                       "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2},
 }
+
+
+def model_overrides(hidden_size: int = 192, num_layers: int = 4, intermediate_size: int = 512) -> dict:
+    """`MODEL_OVERRIDES` at another language-model size (the defaults give it back): what a bigger
+    default costs (`benchmarks/default_size.py`). Four heads, two of them key/value, as shipped."""
+    head_dim = hidden_size // 4
+    text = {**MODEL_OVERRIDES["text_config"], "hidden_size": hidden_size, "num_hidden_layers": num_layers,
+            "intermediate_size": intermediate_size, "rope_parameters": {"mrope_section": [head_dim // 6] * 3}}
+    return {"text_config": text, "vision_config": {**MODEL_OVERRIDES["vision_config"], "hidden_size": hidden_size}}
 
 
 def image_processor_overrides(image_side: int, image_mean: Sequence[float] | None = None,
@@ -70,6 +79,9 @@ class PretrainConfig:
     threads: int = 1  # torch threads: results are reproducible for a given count; two threads gain
     # little on a model this small and slow down badly when another process shares the cores
     image_side: int = 64  # the processor resizes images to this square: (image_side / 16)^2 tokens
+    hidden_size: int = 192  # the language model's width, and the vision tower's output (4 heads)
+    num_layers: int = 4  # language-model layers
+    intermediate_size: int = 512  # the language model's MLP width
     vision_lr_ratio: float = 1.0  # the vision tower (model.visual) learns at lr * vision_lr_ratio
     vision_freeze_steps: int = 0  # the vision tower stays at its initialisation for this many first steps
     vision_weight_decay: float = 0.05  # AdamW weight decay of the vision tower
@@ -104,6 +116,11 @@ class PretrainConfig:
         need(isinstance(self.vision_freeze_steps, int) and self.vision_freeze_steps >= 0, "vision_freeze_steps",
              "must be an integer >= 0")
         need(self.vision_weight_decay >= 0, "vision_weight_decay", "must be >= 0")
+        need(isinstance(self.hidden_size, int) and self.hidden_size >= 24 and self.hidden_size % 24 == 0,
+             "hidden_size", "must be a positive multiple of 24 (4 heads, M-RoPE in three equal sections)")
+        need(isinstance(self.num_layers, int) and self.num_layers >= 1, "num_layers", "must be an integer >= 1")
+        need(isinstance(self.intermediate_size, int) and self.intermediate_size >= 1, "intermediate_size",
+             "must be an integer >= 1")
         need(math.isfinite(self.merger_init_scale) and self.merger_init_scale > 0, "merger_init_scale",
              "must be a positive number")
 

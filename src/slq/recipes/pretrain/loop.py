@@ -26,7 +26,7 @@ from ...data.shapes import held_out_combos
 from ...errors import SLQError
 from ...tiny import build_tiny_model
 from ...train import load_optimizer_tensors, optimizer_tensors
-from .config import MODEL_OVERRIDES, VOCAB_SIZE, PretrainConfig, _stage_at, image_processor_overrides, mixture_at
+from .config import VOCAB_SIZE, PretrainConfig, _stage_at, image_processor_overrides, mixture_at, model_overrides
 from .tasks import Collator, GenerativeData, _rng, vqa_pairs
 
 logger = logging.getLogger("slq")
@@ -81,9 +81,11 @@ def tokenizer_corpus(world_dir: str | os.PathLike) -> list[str]:
 
 def build_initial_model(out_dir: str | os.PathLike, world_dir: str | os.PathLike, *, seed: int,
                         image_side: int = 64, image_mean: Sequence[float] | None = None,
-                        image_std: Sequence[float] | None = None) -> Path:
-    """The randomly initialised slq-tiny-vl, with a tokenizer trained on the world's texts."""
-    return build_tiny_model("qwen2_vl", out_dir, seed=seed, vocab_size=VOCAB_SIZE, config_overrides=MODEL_OVERRIDES,
+                        image_std: Sequence[float] | None = None, size: dict | None = None) -> Path:
+    """The randomly initialised slq-tiny-vl, with a tokenizer trained on the world's texts; `size`:
+    `model_overrides`' arguments, for a bigger model of the same kind."""
+    return build_tiny_model("qwen2_vl", out_dir, seed=seed, vocab_size=VOCAB_SIZE,
+                            config_overrides=model_overrides(**(size or {})),
                             image_processor_overrides=image_processor_overrides(image_side, image_mean, image_std),
                             corpus=tokenizer_corpus(world_dir), overwrite=True)
 
@@ -139,7 +141,9 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
     init, ckpt = work / "init", work / "checkpoint"
     if not (init / "config.json").is_file():
         build_initial_model(init, world, seed=config.seed, image_side=config.image_side,
-                            image_mean=config.image_mean, image_std=config.image_std)
+                            image_mean=config.image_mean, image_std=config.image_std,
+                            size={"hidden_size": config.hidden_size, "num_layers": config.num_layers,
+                                  "intermediate_size": config.intermediate_size})
     start = 0
     source = ckpt if resume and (ckpt / "state.json").is_file() else init
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).to(device)

@@ -16,6 +16,10 @@ clues the pretraining may show beside images (`clue_seen_with_images`) when an i
     knowledge_paraphrase  user: a knowledge caption      assistant: a plain caption of the same image
     knowledge_vqa         user: <image> + "is there something the colour of a banana?"   assistant: "yes"
 
+and one that may name every clue, because no image is involved:
+
+    knowledge_paraphrase_all  as knowledge_paraphrase, through any clue (`text_only` ones included)
+
 The caption and listing prompts are exactly the prompt slq builds for an image (no instruction
 text), and the paraphrase prompt exactly the one it builds for a caption, so the assistant opener,
 where the latent queries go, is where the model has learnt to say what the input shows. Loss falls
@@ -101,8 +105,8 @@ class GenerativeData:
             return Example(None, *knowledge_questions(rng))
         index = rng.randrange(len(self.records))
         record = self.records[index]
-        if task in ("knowledge_caption", "knowledge_paraphrase"):
-            caption = knowledge_captions(record_objects(record), rng, 1, seen_only=True)[0]
+        if task in ("knowledge_caption", "knowledge_paraphrase", "knowledge_paraphrase_all"):
+            caption = knowledge_captions(record_objects(record), rng, 1, seen_only=task != "knowledge_paraphrase_all")[0]
             if task == "knowledge_caption":
                 return Example(index, "", caption)
             return Example(None, caption, rng.choice(record["captions"]))
