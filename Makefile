@@ -25,7 +25,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10  # the ten slowest tests, to keep the suite within 10 minutes
 
 demo: $(STAMP)
 	$(BIN)/slq demo --out runs/demo
