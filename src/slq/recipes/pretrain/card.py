@@ -77,7 +77,12 @@ def model_card(info: dict) -> str:
         "better has retrieved worse;",
         "- slq's default recipe came from such a comparison: a larger share of paraphrases (text in, another caption "
         "out: the only task that trains the state after a *text* prompt's opener) together with no word dropout was "
-        "the best at both seeds tried, well above the previous recipe; each change alone was mixed.", "",
+        "the best at both seeds tried, well above the previous recipe; each change alone was mixed;",
+        "- knowledge is used only where a task asks for it: with facts alone in its text the model completed them "
+        "but never used them in a caption, so SLQ could not elicit them (KARR-Shapes' clues added nothing); text-only "
+        "tasks that turn clues into plain words (`knowledge_paraphrase_all`, `knowledge_qa`; 12% of the mixture, no "
+        "clue ever beside an image) made colour clues retrieve, at some cost in plain recall (slq's docs/karr.md).",
+        "",
     ]
     if acc:
         lines += ["## What it can do", "",
