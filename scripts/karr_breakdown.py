@@ -27,12 +27,15 @@ def parse_args(argv=None):
 
 
 def recall_table(retriever, dataset, batch_size: int) -> dict:
-    from slq.evaluation.metrics import recall_by_group
+    """`slq eval`'s per-category recall, with each record's category and clue set as its category."""
+    from dataclasses import replace
 
-    texts = retriever.encode_text(dataset.texts(), batch_size=batch_size)
-    images = retriever.encode_image(dataset.records, batch_size=batch_size)
-    groups = [f"{r.meta['category']} / {r.meta['clues']}" for r in dataset.records]
-    by_group = recall_by_group(texts @ images.T, dataset.text_to_image(), groups)
+    from slq.data import ImageTextDataset
+    from slq.evaluation.retrieval import evaluate
+
+    crossed = ImageTextDataset([replace(r, meta={**r.meta, "category": f"{r.meta['category']} / {r.meta['clues']}"})
+                                for r in dataset.records], dataset.name)
+    by_group = evaluate(retriever, crossed, batch_size=batch_size)["by_category"]
     return {g: {"n_images": v["n_images"], **{k: 100 * r for k, r in v["t2i"].items()}}
             for g, v in sorted(by_group.items())}
 

@@ -125,3 +125,32 @@ def test_a_place_turned_round_is_a_changed_attribute():
     rule = ShapesRewriter().rewrite(source, record(("orange", "circle")), "contextual_spatial", random.Random(0))
     assert rule.caption == "a small orange circle on the side opposite the right"
     assert validate(source, rule, SHAPES_ATTRIBUTES) is None
+
+
+def test_breakdown_script_scores_each_category_and_clue_set_against_its_control(tiny_dirs, tmp_path):
+    """scripts/karr_breakdown.py as the docs run it: a row per (category, clue set), KARR beside its control."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from slq.data import load_jsonl
+    from slq.data.shapes import write_world
+    from slq.karr import SHAPES_ATTRIBUTES, ShapesRewriter, build_karr, write_karr
+    from slq.retriever import SLQRetriever
+
+    world = write_world(tmp_path / "w", n_train=1, n_val=1, n_test=12, progress=False)
+    write_karr(build_karr(load_jsonl(world["test"]), [ShapesRewriter()], attributes=SHAPES_ATTRIBUTES),
+               tmp_path / "karr", plot=False)
+    SLQRetriever.from_pretrained(tiny_dirs["qwen2_vl"], num_queries=2).save(tmp_path / "adapter")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "karr_breakdown.py"
+    done = subprocess.run([sys.executable, str(script), "--backbone", str(tiny_dirs["qwen2_vl"]),
+                           "--adapter", str(tmp_path / "adapter"), "--karr", str(tmp_path / "karr")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    tables = json.loads(done.stdout.splitlines()[-1])
+    records = load_jsonl(tmp_path / "karr" / "karr.jsonl").records
+    assert set(tables["karr"]) == {f"{r.meta['category']} / {r.meta['clues']}" for r in records}
+    assert sum(row["n_images"] for row in tables["karr"].values()) == len(records)
+    assert set(tables["control"]) <= set(tables["karr"])
+    assert all(0 <= row["R@1"] <= row["R@5"] <= row["R@10"] <= 100 for row in tables["karr"].values())
