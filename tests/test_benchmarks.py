@@ -106,3 +106,15 @@ def test_search_speed_reports_recall_latency_and_the_server(tmp_path):
     assert {"embed", "index_search", "ann_search"} <= set(e2e["split"])
     assert isinstance(summary["e2e_p50_met"], bool) and isinstance(summary["e2e_p99_met"], bool)
     assert not list(tmp_path.iterdir()), "temporary files are removed"
+
+
+def test_default_size_reports_the_cost_of_bigger_defaults(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "default_size.py"), "--sizes", "48x1x64,96x2x128",
+                           "--steps", "2", "--rounds", "1", "--n-encode", "4"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["sizes"]
+    assert [r["size"] for r in rows] == ["48x1x64", "96x2x128"]
+    assert rows[0]["step_ratio"] == rows[0]["encode_ratio"] == 1.0, "ratios are to the first size"
+    assert rows[1]["parameters"] > rows[0]["parameters"] and rows[1]["megabytes"] > rows[0]["megabytes"]
+    assert all(r["step_s"] > 0 and r["encode_s"] > 0 and r["pretrain_minutes"] > 0 for r in rows)
