@@ -108,7 +108,7 @@ def test_bos_is_prepended_where_the_tokenizer_would_add_it(tiny_dirs, tmp_path):
     assert with_bos.image_batch([Image.new("RGB", (32, 32))]).input_ids[0, 0] == bos_id
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "internvl", "idefics3", "llava", "gemma3_text"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "internvl", "idefics3", "llava", "gemma3", "gemma3_text"])
 def test_forward_is_the_models_own_call_on_the_prompt(backbones, family):
     """Backbone.forward, the one call of the model, gives what a hand-written call of the same model
     gives: hidden states, the LM head's logits for generation, and every layer's keys/values."""
@@ -214,3 +214,70 @@ def test_unknown_image_fit_is_refused(tiny_dirs, backbones):
     with pytest.raises(SettingError, match="image_fit square: .* is a text-only backbone: it has no images to fit"):
         Backbone(text.model, text.tokenizer, None, text.family, text.path, image_fit="square")
 
+
+
+# --- Gemma 3 --------------------------------------------------------------------------------------
+
+def _gemma3_processor(backbone: Backbone, image_processor=None):
+    """transformers' own Gemma3Processor over the tiny checkpoint's tokenizer and image processor."""
+    from transformers import AutoTokenizer, Gemma3Processor
+
+    names = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tokenizer = AutoTokenizer.from_pretrained(backbone.path, extra_special_tokens=names)
+    return Gemma3Processor(image_processor=image_processor or backbone.image_processor, tokenizer=tokenizer,
+                           chat_template=tokenizer.chat_template, image_seq_length=backbone.config.mm_tokens_per_image)
+
+
+def test_gemma3_prompt_is_what_gemmas_own_processor_makes(backbones):
+    """Token ids, the image-token types that make image tokens attend both ways, and pixels: all as
+    Gemma3Processor gives them for the same chat."""
+    backbone = backbones["gemma3"]
+    processor = _gemma3_processor(backbone)
+    image = Image.new("RGB", (60, 40), RED)
+    for text in ("", "what colour is it?"):
+        content = [{"type": "image"}] + ([{"type": "text", "text": text}] if text else [])
+        prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                               tokenize=False)
+        theirs = processor(images=[[image]], text=[prompt], return_tensors="pt")
+        ours = backbone.image_text_batch([image], [text])
+        assert torch.equal(ours.input_ids, theirs["input_ids"])
+        assert torch.equal(backbone.family.extra_inputs(backbone.config, ours.input_ids)["token_type_ids"],
+                           theirs["token_type_ids"])
+        assert torch.equal(ours.model_inputs["pixel_values"], theirs["pixel_values"])
+
+
+def test_gemma3_image_tokens_attend_both_ways(backbones):
+    """The prompt's states are the model's own with `token_type_ids` (image tokens see each other both
+    ways), which differ from a plain causal call: leaving them out would be a silent change."""
+    backbone = backbones["gemma3"]
+    batch = backbone.image_batch([Image.new("RGB", (60, 40), RED), Image.new("RGB", (30, 50), (0, 10, 200))])
+    types = (batch.input_ids == backbone.config.image_token_id).long()
+    plain = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs)
+    with torch.no_grad():
+        ours = backbone.forward(batch).hidden
+        both_ways = backbone.model.model(**plain, token_type_ids=types).last_hidden_state
+        causal = backbone.model.model(**plain).last_hidden_state
+    assert torch.allclose(ours, both_ways, atol=1e-6)
+    assert not torch.allclose(ours, causal, atol=1e-4), "the tiny model's image tokens must see later ones"
+
+
+def test_gemma3_pan_and_scan_expands_every_crop(backbones):
+    """With pan-and-scan a wide image comes as itself and its crops, each expanded as Gemma's processor
+    words it, and the model takes the prompt (as many soft tokens as features)."""
+    from transformers import Gemma3ImageProcessorPil
+
+    loaded = backbones["gemma3"]
+    scanning = Gemma3ImageProcessorPil(**{**loaded.image_processor.to_dict(), "do_pan_and_scan": True})
+    backbone = Backbone(loaded.model, loaded.tokenizer, scanning, loaded.family, loaded.path)
+    wide, square = Image.new("RGB", (96, 24), RED), Image.new("RGB", (30, 30), (0, 10, 200))
+    inputs = backbone.family.image_inputs(backbone.config, backbone.tokenizer, scanning, [wide, square])
+    crops = scanning(images=[wide, square], return_tensors="pt")["num_crops"]
+    assert crops.tolist() == [2, 0], "the tiny processor cuts the wide image in two"
+    processor = _gemma3_processor(backbone, scanning)
+    assert inputs.placeholder_text == [processor.replace_image_token({"num_crops": crops}, i) for i in range(2)]
+    batch = backbone.image_batch([wide, square])
+    assert batch.model_inputs["pixel_values"].shape[0] == 4
+    with torch.no_grad():
+        assert torch.isfinite(backbone.forward(batch, torch.randn(2, backbone.hidden_size)).hidden).all()
+    one_tile = Backbone(loaded.model, loaded.tokenizer, scanning, loaded.family, loaded.path, image_fit="square")
+    assert one_tile.image_batch([wide]).model_inputs["pixel_values"].shape[0] == 1

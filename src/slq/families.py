@@ -183,6 +183,37 @@ class LlavaFamily(Family):
         return ImageInputs({"pixel_values": out["pixel_values"]}, [self.image_token(config, tokenizer) * count] * len(images))
 
 
+class Gemma3Family(Family):
+    """Gemma 3 (4B-27B, and slq-gemma-vl): a SigLIP tower pooled to `mm_tokens_per_image` soft tokens.
+
+    The chat template marks an image with `<start_of_image>`; Gemma's processor expands it to
+    `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n` (with pan-and-scan, the original
+    image and its crops, each so expanded). The soft tokens of one image attend to each other both
+    ways, which the model does when told where they are by `token_type_ids` (1 on image tokens); the
+    appended queries are text (0), so they attend causally and leave the prompt untouched.
+    """
+
+    name = "gemma3"
+    model_types = ("gemma3",)
+    one_tile_options = {"do_pan_and_scan": False}
+
+    def image_token(self, config, tokenizer) -> str:
+        return tokenizer.convert_ids_to_tokens(config.boi_token_id)
+
+    def image_inputs(self, config, tokenizer, image_processor, images, *, one_tile=False):
+        out = self._process(image_processor, list(images), one_tile)
+        soft = tokenizer.convert_ids_to_tokens(config.image_token_id)
+        boi, eoi = self.image_token(config, tokenizer), tokenizer.convert_ids_to_tokens(config.eoi_token_id)
+        full = f"\n\n{boi}{soft * config.mm_tokens_per_image}{eoi}\n\n"
+        crops = [int(n) for n in out.get("num_crops", [0] * len(images))]
+        texts = [full if not n else f"Here is the original image {full} and here are some crops to help you see "
+                 "better " + " ".join([full] * n) for n in crops]
+        return ImageInputs({"pixel_values": out["pixel_values"]}, texts)
+
+    def extra_inputs(self, config, input_ids):
+        return {"token_type_ids": (input_ids == config.image_token_id).long()}  # 1 = image token: bidirectional
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -192,6 +223,7 @@ FAMILIES: dict[str, Family] = {
         InternVLFamily(),
         Idefics3Family(),
         LlavaFamily(),
+        Gemma3Family(),
         TextFamily(),
     )
 }

@@ -191,9 +191,12 @@ _GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<start_of_turn>"
     "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
     "{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
+_GEMMA_TOKENS = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>")
+_GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
 
 
 def _gemma3_text_config(ids: dict[str, int], vocab: int):
@@ -206,6 +209,28 @@ def _gemma3_text_config(ids: dict[str, int], vocab: int):
         layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
         pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
     )
+
+
+def _gemma3_config(ids: dict[str, int], vocab: int):
+    """Gemma 3 with images: a SigLIP tower (16 patches) average-pooled to 4 soft tokens per image."""
+    from transformers import Gemma3Config
+
+    _, text = _gemma3_text_config(ids, vocab)
+    return Gemma3Config, dict(
+        text_config=text,
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8),
+        mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
+        image_token_index=ids["<image_soft_token>"],
+    )
+
+
+def _gemma3_image_processor():
+    from transformers import Gemma3ImageProcessorPil
+
+    return Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, do_pan_and_scan=False,
+                                   pan_and_scan_min_crop_size=8, pan_and_scan_max_num_crops=2,
+                                   pan_and_scan_min_ratio_to_activate=1.2)
 
 
 def _llava_image_processor():
@@ -234,8 +259,10 @@ RECIPES: dict[str, TinyRecipe] = {
                            _idefics3_image_processor),
     "llava": TinyRecipe(("<unk>", "<s>", "</s>", "<pad>", "<image>"), "<pad>", "</s>", _LLAVA_TEMPLATE,
                         _llava_config, _llava_image_processor),
-    "gemma3_text": TinyRecipe(("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), "<pad>", "<eos>",
-                              _GEMMA_TEMPLATE, _gemma3_text_config, None, bos_token="<bos>"),
+    "gemma3": TinyRecipe(_GEMMA_TOKENS + _GEMMA3_IMAGE_TOKENS, "<pad>", "<eos>", _GEMMA_TEMPLATE, _gemma3_config,
+                         _gemma3_image_processor, bos_token="<bos>"),
+    "gemma3_text": TinyRecipe(_GEMMA_TOKENS, "<pad>", "<eos>", _GEMMA_TEMPLATE, _gemma3_text_config, None,
+                              bos_token="<bos>"),
 }
 
 TINY_FAMILIES = tuple(RECIPES)
