@@ -195,8 +195,8 @@ _GEMMA_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
     "{% endif %}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
-_GEMMA_TOKENS = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>")
-_GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+# Gemma 3's text vocabulary has the image delimiters; only multimodal checkpoints add the soft token.
+_GEMMA_TOKENS = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>")
 
 
 def _gemma3_text_config(ids: dict[str, int], vocab: int):
@@ -259,7 +259,7 @@ RECIPES: dict[str, TinyRecipe] = {
                            _idefics3_image_processor),
     "llava": TinyRecipe(("<unk>", "<s>", "</s>", "<pad>", "<image>"), "<pad>", "</s>", _LLAVA_TEMPLATE,
                         _llava_config, _llava_image_processor),
-    "gemma3": TinyRecipe(_GEMMA_TOKENS + _GEMMA3_IMAGE_TOKENS, "<pad>", "<eos>", _GEMMA_TEMPLATE, _gemma3_config,
+    "gemma3": TinyRecipe(_GEMMA_TOKENS + ("<image_soft_token>",), "<pad>", "<eos>", _GEMMA_TEMPLATE, _gemma3_config,
                          _gemma3_image_processor, bos_token="<bos>"),
     "gemma3_text": TinyRecipe(_GEMMA_TOKENS, "<pad>", "<eos>", _GEMMA_TEMPLATE, _gemma3_text_config, None,
                               bos_token="<bos>"),

@@ -151,8 +151,9 @@ class GenerativeData:
 
 
 class Collator:
-    """Turns examples into Qwen2-VL training inputs: right-padded ids, labels on what the model
-    must say, M-RoPE positions, token types and the pixels of the batch's images."""
+    """Turns examples into training inputs of any family: right-padded ids, labels on what the model
+    must say, the family's positions (M-RoPE for Qwen2-VL) and token types, and the pixels of the
+    batch's images (Qwen's patches with their grids, or one image tensor each)."""
 
     def __init__(self, model, tokenizer, image_processor, images: Sequence[Image.Image]):
         self.model, self.tokenizer = model, tokenizer
@@ -160,9 +161,10 @@ class Collator:
         self.pixels, self.grids, self.placeholders = [], [], []
         for start in range(0, len(images), 64):  # processed once: the world is small
             inputs = self.family.image_inputs(model.config, tokenizer, image_processor, images[start:start + 64])
-            grid = inputs.model_inputs["image_grid_thw"]
-            self.pixels += list(inputs.model_inputs["pixel_values"].split(grid.prod(-1).tolist()))
-            self.grids += list(grid)
+            grid = inputs.model_inputs.get("image_grid_thw")
+            pixels = inputs.model_inputs["pixel_values"]
+            self.pixels += list(pixels.split(grid.prod(-1).tolist()) if grid is not None else pixels.split(1))
+            self.grids += list(grid) if grid is not None else []
             self.placeholders += inputs.placeholder_text
         self.image_token = self.family.image_token(model.config, tokenizer)
         self.end_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
@@ -197,7 +199,8 @@ class Collator:
         images = [e.image for e in examples if e.image is not None]
         pixels = {}
         if images:
-            pixels["pixel_values"] = torch.cat([self.pixels[i] for i in images])  # (sum patches, C*T*P*P)
-            pixels["image_grid_thw"] = torch.stack([self.grids[i] for i in images])  # (n_images, 3)
+            pixels["pixel_values"] = torch.cat([self.pixels[i] for i in images])  # (sum patches, C*T*P*P) or (n, C, H, W)
+            if self.grids:
+                pixels["image_grid_thw"] = torch.stack([self.grids[i] for i in images])  # (n_images, 3)
         return {"input_ids": input_ids, "labels": labels,
-                **model_kwargs(self.model, self.family, input_ids, mask, pixels)}  # positions (3, B, L)
+                **model_kwargs(self.model, self.family, input_ids, mask, pixels)}  # the family's positions

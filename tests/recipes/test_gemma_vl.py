@@ -1,0 +1,86 @@
+"""slq-gemma-vl on a tiny Gemma 3 text model: assembly, the frozen language model, pretraining and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from slq.backbone import Backbone
+from slq.data.shapes import write_world
+from slq.errors import SLQError
+from slq.recipes.gemma_vl import (GemmaVLConfig, VisionSettings, assemble, build_model, language_model_sha256,
+                                  pretrain_gemma_vl)
+from slq.recipes.pretrain.tasks import IGNORE
+
+TINY_VISION = VisionSettings(image_side=16, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=32, tokens_per_image=4)
+FAST = dict(batch_size=4, lr=3e-3, warmup_steps=1, threads=1, vision=TINY_VISION)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gemma-vl") / "world"
+    write_world(folder, n_train=12, n_val=2, n_test=4, seed=0, progress=False, image_size=32)
+    return folder
+
+
+def test_language_model_is_gemmas_bit_for_bit(tiny_dirs):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer, _ = build_model(tiny_dirs["gemma3_text"], TINY_VISION)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_dirs["gemma3_text"])
+    text_vocab = lm.config.vocab_size
+    assert tokenizer.convert_tokens_to_ids("<image_soft_token>") == text_vocab == model.config.image_token_id
+    ours, theirs = model.model.language_model.state_dict(), lm.model.state_dict()
+    assert torch.equal(ours["embed_tokens.weight"][:text_vocab], theirs["embed_tokens.weight"])
+    assert not ours["embed_tokens.weight"][text_vocab:].any(), "the soft token's rows are zero"
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k != "embed_tokens.weight")
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+
+
+def test_pretraining_trains_only_the_tower_and_resumes_exactly(world, tiny_dirs, tmp_path):
+    lm = tiny_dirs["gemma3_text"]
+    config = GemmaVLConfig(steps=3, save_every=2, **FAST)
+    whole = pretrain_gemma_vl(tmp_path / "whole", world, lm, config, work_dir=tmp_path / "work", progress=False)
+    assert (tmp_path / "work" / "checkpoint" / "state.json").is_file()
+    resumed = pretrain_gemma_vl(tmp_path / "resumed", world, lm, config, work_dir=tmp_path / "work", progress=False)
+    assert resumed.history == whole.history
+    a, b = (load_file(tmp_path / d / "vision.safetensors") for d in ("whole", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "a resumed run ends the same"
+    assert all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in a)
+    initial = build_model(lm, TINY_VISION, seed=0)[0]
+    assert any(not torch.equal(a[k], initial.state_dict()[k]) for k in a), "the tower learned"
+    saved = json.loads((tmp_path / "whole" / "gemma-vl.json").read_text())
+    assert saved["language_model_sha256"] == language_model_sha256(initial)
+    with pytest.raises(SLQError, match="other settings"):
+        pretrain_gemma_vl(tmp_path / "x", world, lm, GemmaVLConfig(steps=3, save_every=2, **dict(FAST, lr=1e-3)),
+                          work_dir=tmp_path / "work", progress=False)
+
+
+def test_assembled_checkpoint_loads_as_a_gemma3_backbone(world, tiny_dirs, tmp_path):
+    lm = tiny_dirs["gemma3_text"]
+    pretrain_gemma_vl(tmp_path / "vl", world, lm, GemmaVLConfig(steps=1, save_every=0, **FAST), progress=False)
+    folder = assemble(tmp_path / "vl", lm, cache_dir=tmp_path / "cache")
+    assert assemble(tmp_path / "vl", lm, cache_dir=tmp_path / "cache") == folder, "assembled once, then reused"
+    backbone = Backbone.load(folder)
+    assert backbone.family.name == "gemma3" and backbone.config.mm_tokens_per_image == 4
+    vision = load_file(tmp_path / "vl" / "vision.safetensors")
+    state = backbone.model.state_dict()
+    assert all(torch.equal(vision[k], state[k]) for k in vision)
+    batch = backbone.image_batch([Image.new("RGB", (20, 30), (200, 10, 10))])
+    assert (batch.input_ids == backbone.config.image_token_id).sum() == 4
+    with torch.no_grad():
+        assert torch.isfinite(backbone.forward(batch, torch.randn(2, backbone.hidden_size)).hidden).all()
+
+
+def test_only_plain_caption_tasks_are_allowed():
+    with pytest.raises(SLQError, match="mixture"):
+        GemmaVLConfig(mixture={"caption": 0.5, "knowledge_caption": 0.5})
+    with pytest.raises(SLQError, match="tokens_per_image"):
+        VisionSettings(tokens_per_image=5)
+    assert IGNORE < 0
