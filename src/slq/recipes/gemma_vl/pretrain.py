@@ -50,7 +50,8 @@ class GemmaVLConfig:
     warmup_steps: int = setting(30, "linear warmup steps")
     weight_decay: float = setting(0.05, "AdamW weight decay")
     grad_clip: float = setting(1.0, "clip the gradient's global norm to this")
-    mixture: dict = setting(None, factory=lambda: {"caption": 0.5, "listing": 0.5}, help=f"task -> share of examples, over {', '.join(PLAIN_TASKS)} only (plain captions)")
+    mixture: dict = setting(None, f"task -> share of examples, over {', '.join(PLAIN_TASKS)} only (plain captions)",
+                            factory=lambda: {"caption": 0.5, "listing": 0.5})
     save_every: int = setting(25, "steps between resumable checkpoints (0: none)")
     threads: int = setting(2, "torch threads: a run is reproducible bit for bit for a given count")
     vision: VisionSettings = setting(None, "the vision tower and projector", factory=VisionSettings)
