@@ -68,6 +68,12 @@ def test_an_instruction_changes_the_embedding(backbones, family):
     assert not np.allclose(plain, instructed, atol=1e-4)
 
 
+def test_an_instruction_reaches_the_prompt_without_its_surrounding_spaces(backbones):
+    encoder = _retriever(backbones["qwen2_vl"])
+    padded, plain = (encoder.input_batch([Input("a red circle", instruction=text)]) for text in (" Find it: ", "Find it:"))
+    assert torch.equal(padded.input_ids, plain.input_ids)  # "Find it: a red circle", never a double space
+
+
 def test_an_input_needs_a_text_or_an_image():
     with pytest.raises(ValueError, match="a text, an image, or both"):
         Input("  ")

@@ -135,7 +135,7 @@ class Encoder:
         plain text or image gives exactly the prompt of `text_batch` / `image_batch`."""
         with_image = {x.image is not None for x in inputs}
         assert len(with_image) == 1, "a model call takes images for all of its rows or none (see prepare_inputs)"
-        bodies = [" ".join(p for p in (x.instruction, self.backbone.truncate(x.text) if x.text else "") if p)
+        bodies = [" ".join(p for p in (x.instruction.strip(), self.backbone.truncate(x.text) if x.text else "") if p)
                   for x in inputs]  # "Instruction: text", as MMEB's own files write their queries
         if not with_image.pop():
             return self.backbone.text_batch(bodies, instruction=self.text_instruction, truncate=False)

@@ -29,13 +29,15 @@ from PIL import Image
 
 from slq.cli import main
 from slq.data.images import load_image
-from slq.errors import SLQError
+from slq.errors import SettingError, SLQError
 from slq.index import Searcher, update_index
 from slq.retriever import SLQRetriever
-from slq.serve.app import run_server
+from slq.serve.app import create_app, is_loopback, run_server
 from slq.tiny import build_tiny_model
 
 QUERIES = ("a red circle", "two blue squares on the left", "a large yellow star", "a small green heart")
+KEY = "sk-slq-test-0123456789"
+INSTRUCTION = "Find an image that matches the caption:"
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +348,137 @@ def test_bounded_load_without_errors_or_growth(client, server, collection):
     assert_alive(client)
 
 
+# --- the API key ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keyed(server):
+    """The app over the live server's searcher, with an API key, called in this process."""
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(server.searcher, max_upload_mb=1, api_key=KEY)) as c:
+        yield c
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_an_api_key_guards_every_data_endpoint(keyed, reference, collection, monkeypatch):
+    import hmac
+
+    image = collection.test_images[0].read_bytes()
+    hit = reference.search(QUERIES[0], k=1)[0]
+    requests = {  # every route that reads the indexes or runs the model
+        "GET /indexes": lambda headers: keyed.get("/indexes", headers=headers),
+        "GET /search": lambda headers: keyed.get("/search", params={"q": QUERIES[0], "k": 3}, headers=headers),
+        "POST /search": lambda headers: keyed.post("/search", files={"image": ("q.png", image, "image/png")},
+                                                   data={"k": "3"}, headers=headers),
+        "GET /items": lambda headers: keyed.get(f"/items/shapes/{hit.id}/image", headers=headers),
+        "POST /v1/embeddings": lambda headers: keyed.post("/v1/embeddings", json={"input": QUERIES[0]}, headers=headers),
+    }
+    compared = []
+    real_compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real_compare(a, b))
+    for name, send in requests.items():
+        for headers, words in (({}, "needs an API key"), (bearer("wrong"), "wrong"), (bearer(KEY[:-1]), "wrong"),
+                               (bearer(KEY + "x"), "wrong"), ({"Authorization": KEY}, "needs an API key"),
+                               ({"Authorization": f"Basic {KEY}"}, "needs an API key")):
+            response = send(headers)
+            assert_refused(response, 401, words)
+            assert response.headers["www-authenticate"].startswith("Bearer"), name
+        assert send(bearer(KEY)).status_code == 200, name
+    assert compared and all(b == KEY.encode() for _, b in compared)  # every key compared in constant time
+
+    same_hits(keyed.get("/search", params={"q": QUERIES[1], "k": 5}, headers=bearer(KEY)).json()["results"],
+              reference.search(QUERIES[1], k=5))
+    assert keyed.get(f"/items/shapes/{hit.id}/image", headers=bearer(KEY)).content == Path(hit.path).read_bytes()
+    body = keyed.post("/v1/embeddings", json={"input": QUERIES[2]}, headers={"authorization": f"bearer {KEY}"}).json()
+    assert np.allclose(body["data"][0]["embedding"], reference.embed(QUERIES[2]), atol=1e-5)
+
+
+def test_the_page_docs_and_liveness_stay_open_without_the_data(keyed):
+    for path in ("/", "/static/app.js", "/static/style.css", "/docs", "/openapi.json"):
+        assert keyed.get(path).status_code == 200, path
+    schemes = keyed.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert [scheme["scheme"].lower() for scheme in schemes.values()] == ["bearer"]  # the docs' Authorize button
+    assert keyed.get("/healthz").json() == {"status": "ok"}  # probes carry no key; the index list is data
+    assert keyed.get("/healthz", headers=bearer("wrong")).json() == {"status": "ok"}
+    full = keyed.get("/healthz", headers=bearer(KEY)).json()
+    assert [s["name"] for s in full["indexes"]] == ["shapes", "shapes-alt", "notes"] and full["limits"]["max_k"] == 100
+
+
+def test_a_key_beyond_ascii_is_compared_on_its_bytes(server):
+    from starlette.testclient import TestClient
+
+    key = "clé-ключ"
+    with TestClient(create_app(server.searcher, api_key=key)) as c:
+        assert c.get("/indexes", headers={"Authorization": b"Bearer " + key.encode()}).status_code == 200
+        assert c.get("/indexes", headers={"Authorization": b"Bearer " + key.encode("latin-1", "replace")}).status_code \
+            == 401
+    with pytest.raises(SettingError, match="api_key.*must not be empty"):
+        create_app(server.searcher, api_key="")
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True),
+                                            ("localhost", True), ("LocalHost", True), ("0.0.0.0", False),
+                                            ("::", False), ("192.168.1.20", False), ("example.com", False)])
+def test_which_hosts_are_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20"])
+def test_binding_beyond_loopback_without_a_key_is_refused_before_the_model_loads(collection, monkeypatch, capsys,
+                                                                               host):
+    monkeypatch.delenv("SLQ_API_KEY", raising=False)
+    monkeypatch.setattr(Searcher, "open", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    with pytest.raises(SettingError, match=f"api_key: a key is needed to serve on {re.escape(host)}.*SLQ_API_KEY"):
+        run_server([collection.indexes["shapes"]], host=host, port=0)
+    monkeypatch.setenv("SLQ_API_KEY", "")  # set but empty: no key
+    assert main(["serve", str(collection.indexes["shapes"]), "--host", host, "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("slq: error: --api-key: a key is needed"), err
+    assert "SLQ_API_KEY" in err and "127.0.0.1" in err
+
+
+# --- instructions -----------------------------------------------------------------------------------
+
+def test_an_instruction_per_request_changes_the_query_as_encode_query_does(client, reference, collection):
+    retriever = reference.retrievers["shapes-alt"]
+    plain, instructed = (retriever.encode_query(QUERIES[0], instruction=i) for i in ("", INSTRUCTION))
+    assert not np.allclose(plain, instructed, atol=1e-4)
+    body = client.post("/v1/embeddings", json={"input": QUERIES[0], "model": "shapes-alt",
+                                               "instruction": INSTRUCTION}).json()
+    assert np.allclose(body["data"][0]["embedding"], instructed, atol=1e-5)
+    hits = reference.index("shapes-alt").search(instructed, 6)[0]
+    same_hits(client.get("/search", params={"q": QUERIES[0], "k": 6, "index": "shapes-alt",
+                                            "instruction": INSTRUCTION}).json()["results"], hits)
+    same_hits(client.post("/search", data={"q": QUERIES[0], "k": "6", "index": "shapes-alt",
+                                           "instruction": INSTRUCTION}).json()["results"], hits)
+    image = collection.test_images[0]
+    with_image = client.post("/search", files={"image": ("q.png", image.read_bytes(), "image/png")},
+                             data={"k": "4", "instruction": INSTRUCTION}).json()["results"]
+    same_hits(with_image, reference.search(image=load_image(image), k=4, instruction=INSTRUCTION))
+    assert_refused(client.get("/search", params={"q": "x", "instruction": "y" * 2001}), 400,
+                   "instruction is 2001 characters")
+
+
+def test_the_servers_instruction_is_the_default_and_a_request_may_drop_it(server, reference):
+    from starlette.testclient import TestClient
+
+    retriever = reference.retrievers["shapes"]
+    with TestClient(create_app(server.searcher, instruction=INSTRUCTION)) as c:
+        embedded = c.post("/v1/embeddings", json={"input": QUERIES[1]}).json()["data"][0]["embedding"]
+        assert np.allclose(embedded, retriever.encode_query(QUERIES[1], instruction=INSTRUCTION), atol=1e-5)
+        same_hits(c.get("/search", params={"q": QUERIES[1]}).json()["results"],
+                  reference.search(QUERIES[1], instruction=INSTRUCTION))
+        dropped = c.post("/v1/embeddings", json={"input": QUERIES[1], "instruction": ""}).json()["data"][0]
+        assert np.allclose(dropped["embedding"], retriever.encode_query(QUERIES[1]), atol=1e-5)
+        same_hits(c.get("/search", params={"q": QUERIES[1], "instruction": ""}).json()["results"],
+                  reference.search(QUERIES[1]))
+    with pytest.raises(SettingError, match="instruction"):
+        create_app(server.searcher, instruction="x" * 2001)
+
+
 # --- the command and its library function -----------------------------------------------------------
 
 def test_slq_serve_command(collection, reference, tmp_path):
@@ -373,28 +506,63 @@ def test_slq_serve_command(collection, reference, tmp_path):
     assert proc.returncode == 130 and "Finished server process" in log.read_text(), log.read_text()
 
 
-def test_run_server_binds_loopback_and_warns_otherwise(collection, monkeypatch, caplog):
-    from starlette.testclient import TestClient
-
+@pytest.fixture
+def served(monkeypatch) -> list:
+    """(app, bound address) of each run_server call, which does everything up to serving, without serving."""
     served = []
 
-    def fake_run(self, sockets=None):  # everything up to serving, without serving
+    def fake_run(self, sockets=None):
         served.append((self.config.app, sockets[0].getsockname()[0]))
         sockets[0].close()
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)  # keep the test server's logging
+    return served
+
+
+def test_run_server_binds_loopback_and_needs_a_key_otherwise(collection, served, monkeypatch, caplog):
+    from starlette.testclient import TestClient
+
+    monkeypatch.delenv("SLQ_API_KEY", raising=False)
     with caplog.at_level(logging.INFO, logger="slq"):
-        run_server([collection.indexes["shapes"]], port=0)
+        run_server([collection.indexes["shapes"]], port=0)  # loopback without a key: open, as always
     assert served[-1][1] == "127.0.0.1" and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert TestClient(served[-1][0], base_url="http://localhost:8000").get("/healthz").status_code == 200
+    local = TestClient(served[-1][0], base_url="http://localhost:8000")
+    # (run_server closes its searcher when it returns: requests that read an index's rows are tried live above)
+    assert local.get("/healthz").json()["indexes"] and local.get("/indexes").status_code == 200
     assert TestClient(served[-1][0], base_url="http://rebound.example").get("/healthz").status_code == 400
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="slq"):
+    with pytest.raises(SettingError, match="SLQ_API_KEY"):
         run_server([collection.indexes["shapes"]], host="0.0.0.0", port=0)
-    assert any(r.levelno == logging.WARNING and "no authentication" in r.getMessage() for r in caplog.records)
-    assert TestClient(served[-1][0], base_url="http://rebound.example").get("/healthz").status_code == 200
-    with socket.create_server(("127.0.0.1", 0)) as taken:  # a port in use: one line, before any serving
+    run_server([collection.indexes["shapes"]], host="0.0.0.0", port=0, api_key=KEY)
+    network = TestClient(served[-1][0], base_url="http://rebound.example")  # any Host name, but the key
+    assert served[-1][1] == "0.0.0.0" and network.get("/healthz").json() == {"status": "ok"}
+    assert network.get("/indexes").status_code == 401
+    assert network.get("/indexes", headers=bearer(KEY)).status_code == 200
+
+
+def test_the_key_and_the_instruction_from_the_command_line_and_the_environment(collection, reference, served,
+                                                                              monkeypatch):
+    from starlette.testclient import TestClient
+
+    shapes = str(collection.indexes["shapes"])
+    monkeypatch.setenv("SLQ_API_KEY", KEY)
+    assert main(["serve", shapes, "--host", "0.0.0.0", "--port", "0", "--instruction", INSTRUCTION]) == 0
+    from_env = TestClient(served[-1][0])
+    assert from_env.get("/indexes").status_code == 401
+    embedded = from_env.post("/v1/embeddings", json={"input": QUERIES[3]}, headers=bearer(KEY)).json()
+    assert np.allclose(embedded["data"][0]["embedding"],
+                       reference.retrievers["shapes"].encode_query(QUERIES[3], instruction=INSTRUCTION), atol=1e-5)
+    assert main(["serve", shapes, "--port", "0", "--api-key", "another"]) == 0  # the flag wins over the variable
+    from_flag = TestClient(served[-1][0], base_url="http://127.0.0.1")
+    assert from_flag.get("/indexes", headers=bearer(KEY)).status_code == 401  # a key guards loopback too
+    assert from_flag.get("/indexes", headers=bearer("another")).status_code == 200
+    monkeypatch.delenv("SLQ_API_KEY")
+    assert main(["serve", shapes, "--port", "0"]) == 0
+    assert TestClient(served[-1][0], base_url="http://127.0.0.1").get("/indexes").status_code == 200
+
+
+def test_a_port_in_use_is_one_line_before_any_serving(collection):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
         with pytest.raises(SLQError, match="cannot listen on 127.0.0.1"):
             run_server([collection.indexes["shapes"]], port=taken.getsockname()[1])
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import SLQError
-from .options import add_config_options, backbone_options, config_from_args, load_options, positive_int
+from .options import (add_config_options, backbone_options, config_from_args, instruction_option, load_options,
+                      positive_int)
 
 logger = logging.getLogger("slq")
 
@@ -27,7 +28,8 @@ brings it up to date."""
 
 SEARCH_DESCRIPTION = """\
 Search an index with a text, an image, or an image with text (the text read beside the image, in
-one prompt). Prints the k best items with their scores; --json for machines, --paths for pipes:
+one prompt), optionally behind a task instruction (--instruction). Prints the k best items with
+their scores; --json for machines, --paths for pipes:
   slq search runs/idx --text "a red circle" --paths | head -3 | xargs -n1 echo"""
 
 
@@ -55,6 +57,7 @@ def register(sub) -> None:
     p.add_argument("--text", default=None, help="the query text (with --image: read beside the image)")
     p.add_argument("--image", type=Path, default=None, help="a query image")
     p.add_argument("-k", type=positive_int, default=10, help="how many results (default: 10)")
+    instruction_option(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="the results as one JSON object")
     output.add_argument("--paths", action="store_true", help="only the results' paths (texts for a text index), "
@@ -93,11 +96,12 @@ def run_search(args: argparse.Namespace) -> None:
     options.pop("image_fit", None)  # the adapter's own applies
     searcher = Searcher.open([args.index], backbone=args.backbone, **options)
     try:
-        hits = searcher.search(args.text, args.image, k=args.k)
+        hits = searcher.search(args.text, args.image, k=args.k, instruction=args.instruction)
     finally:
         searcher.close()
     if args.json:
-        query = {"text": args.text, "image": str(args.image) if args.image else None}
+        query = {"text": args.text, "image": str(args.image) if args.image else None,
+                 **({"instruction": args.instruction} if args.instruction else {})}
         json.dump({"index": str(args.index), "query": query, "results": [h.to_dict() for h in hits]}, sys.stdout)
         print()
     elif args.paths:

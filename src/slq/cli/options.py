@@ -90,6 +90,13 @@ def backbone_options(p: argparse.ArgumentParser, recorded: str | None = None, *,
                         "processor")
 
 
+def instruction_option(p: argparse.ArgumentParser, more: str = "") -> None:
+    """--instruction: a text in the query's prompt before its text (`Encoder.encode_query`'s)."""
+    p.add_argument("--instruction", default="", metavar="TEXT",
+                   help="a task instruction in the query's prompt, before its text, e.g. \"Find an image that "
+                        f"matches the caption:\" (default: none; the indexed items are embedded without one){more}")
+
+
 def load_options(args) -> dict:
     """What every backbone load of a command takes from its backbone options; `image_fit` only when
     given, so that an adapter's own applies by default."""

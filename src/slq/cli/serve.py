@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import backbone_options, load_options
+from .options import backbone_options, instruction_option, load_options
 
 SERVE_DESCRIPTION = """\
 Serve one or more index folders (built by `slq index` on the same backbone, which is loaded once,
@@ -17,8 +17,10 @@ each with its own adapter) until Ctrl-C:
   /v1/embeddings         OpenAI's embeddings request and response (model = an index name)
   /docs                  the API's reference; /healthz its liveness
 
-It binds 127.0.0.1 (this machine only) by default; another --host opens it to the network,
-without authentication."""
+It binds 127.0.0.1 (this machine only) by default. With an API key (--api-key, or better the
+SLQ_API_KEY environment variable, which `ps` does not show) every request for data must carry
+`Authorization: Bearer KEY`; the page asks for the key and sends it. Another --host opens the
+server to the network and is refused without a key."""
 
 
 def _port(text: str) -> int:
@@ -48,6 +50,10 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=_positive_float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest request body: an uploaded image, or a JSON of data URLs (default: "
                         f"{DEFAULT_MAX_UPLOAD_MB:g})")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="the key every API request must carry as Authorization: Bearer KEY (default: the SLQ_API_KEY "
+                        "environment variable; none: open to anyone who can connect, allowed on loopback only)")
+    instruction_option(p, more="; a request's own instruction field overrides it")
     backbone_options(p, recorded="the first index")
     p.set_defaults(func=run_serve)
 
@@ -58,4 +64,4 @@ def run_serve(args: argparse.Namespace) -> None:
     options = load_options(args)
     options.pop("image_fit", None)  # each adapter's own applies
     run_server(args.indexes, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-               backbone=args.backbone, **options)
+               api_key=args.api_key, instruction=args.instruction, backbone=args.backbone, **options)

@@ -165,14 +165,18 @@ class Searcher:
             raise SLQError(f"no index named {name!r}; this server has {', '.join(self.indexes)}")
         return self.indexes[name]
 
-    def embed(self, text: str | None = None, image=None, index: str | None = None) -> np.ndarray:
-        """The query vector of a text, an image (path or PIL image), or both, under an index's adapter."""
+    def embed(self, text: str | None = None, image=None, index: str | None = None, *,
+              instruction: str = "") -> np.ndarray:
+        """The query vector of a text, an image (path or PIL image), or both, under an index's adapter;
+        `instruction` (e.g. "Find an image that matches the caption:") goes before the text, as
+        `Encoder.encode_query` puts it."""
         retriever = self.retrievers[self.index(index).name]
         with self._model_lock:
-            return retriever.encode_query(text=text, image=image)
+            return retriever.encode_query(text=text, image=image, instruction=instruction)
 
-    def search(self, text: str | None = None, image=None, *, k: int = 10, index: str | None = None) -> list[Hit]:
-        return self.index(index).search(self.embed(text, image, index), k)[0]
+    def search(self, text: str | None = None, image=None, *, k: int = 10, index: str | None = None,
+               instruction: str = "") -> list[Hit]:
+        return self.index(index).search(self.embed(text, image, index, instruction=instruction), k)[0]
 
     def close(self) -> None:
         for index in self.indexes.values():

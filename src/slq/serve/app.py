@@ -7,12 +7,18 @@ Files are served only through `SearchIndex.image_file` (an item id in, the index
 still lies inside the index's root), never from a path a client names. Every refusal is a 4xx with
 a one-line JSON `{"detail": ...}`, and the server goes on serving. The model runs one forward pass
 at a time, under the `Searcher`'s lock; the endpoints that use it run in uvicorn's thread pool.
+
+With an API key, every data endpoint (the index list, search, item images, embeddings) needs
+`Authorization: Bearer KEY`, as OpenAI-style servers do; the page and its static files, the API docs
+and /healthz's bare liveness answer stay open (they hold no data), and the page sends the key its
+user types. A server bound beyond loopback must have a key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import ipaddress
 import logging
@@ -37,9 +43,10 @@ from . import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_TEXT_CHARS, DEFAULT_MAX_UPLO
 try:
     import python_multipart  # noqa: F401  (FastAPI's form parsing; checked here to name the extra)
     import uvicorn
-    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+    from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field
 except ModuleNotFoundError as e:
@@ -52,6 +59,8 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # PIL plugins a c
 FORM_ALLOWANCE = 64 * 1024  # room for a form's boundaries and text fields beside an image of max_upload_mb
 MAX_EMBEDDING_INPUTS = 256
 INDEX_HELP = "an index name (default: the server's first index)"
+INSTRUCTION_HELP = "a task instruction put before the query text (default: the server's; an empty one: none)"
+API_KEY_VARIABLE = "SLQ_API_KEY"  # where run_server (and so `slq serve`) finds a key it is not given
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                     (b"x-frame-options", b"DENY")]
@@ -172,23 +181,64 @@ class EmbeddingRequest(BaseModel):
     model: str | None = Field(None, description=INDEX_HELP)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="if given, must be the index's width (no truncation)")
+    instruction: str | None = Field(None, description=INSTRUCTION_HELP + "; applies to the texts and the images")
+
+
+# --- the key -------------------------------------------------------------------------------------
+
+BEARER = HTTPBearer(auto_error=False, scheme_name="API key",
+                    description=f"the server's API key: slq serve --api-key KEY, or {API_KEY_VARIABLE}")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]  # None: no Bearer header
+
+
+class _KeyCheck:
+    """Whether a request carries the server's API key as `Authorization: Bearer KEY` (any request
+    does when the server has none). FastAPI's `HTTPBearer` reads the header; the key is compared in
+    constant time, on the bytes the client sent (Starlette decodes headers as Latin-1)."""
+
+    def __init__(self, api_key: str | None):
+        if api_key is not None and not api_key:
+            raise SettingError("api_key", api_key, "must not be empty")
+        self.expected = api_key.encode("utf-8") if api_key else None
+
+    def passes(self, credentials: HTTPAuthorizationCredentials | None) -> bool:
+        if self.expected is None:
+            return True
+        return credentials is not None and hmac.compare_digest(credentials.credentials.encode("latin-1"), self.expected)
+
+    def require(self, credentials: Credentials) -> None:
+        """A route dependency: refuse with 401 and `WWW-Authenticate: Bearer` (RFC 6750) unless the key is right."""
+        if self.passes(credentials):
+            return
+        if credentials is None:
+            raise HTTPException(401, "this server needs an API key: send the header Authorization: Bearer KEY",
+                                headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "the API key is wrong", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 # --- the application ----------------------------------------------------------------------------
 
 def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
-               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+               allowed_hosts: tuple[str, ...] | None = None, api_key: str | None = None,
+               instruction: str = "") -> FastAPI:
     """The server's FastAPI application over `searcher`'s indexes (see the module docstring).
 
     `max_upload_mb` bounds a request body (an uploaded image with its form, or a JSON body whose
     data URLs count as their base64 text); `allowed_hosts` (None: any) the Host names it answers
-    to, which `run_server` sets when it binds a loopback address.
+    to, which `run_server` sets when it binds a loopback address. `api_key` (None: none) is the
+    key every data request must carry as `Authorization: Bearer KEY`. `instruction` goes before
+    every query text (`Encoder.encode_query`'s instruction) unless a request gives its own.
     """
     if not max_upload_mb > 0:
         raise SettingError("max_upload_mb", max_upload_mb, "must be > 0")
     require_positive_int("max_image_pixels", max_image_pixels)
     require_positive_int("max_text_chars", max_text_chars)
+    if len(instruction) > max_text_chars:
+        raise SettingError("instruction", instruction, f"is {len(instruction)} characters, more than the "
+                                                       f"{max_text_chars} of max_text_chars")
+    keys = _KeyCheck(api_key)
+    default_instruction = instruction.strip()
     max_image_bytes = int(max_upload_mb * 2**20)
     summaries = [_public_summary(index) for index in searcher.indexes.values()]  # read-only while serving
     limits = {"max_upload_mb": max_upload_mb, "max_image_pixels": max_image_pixels, "max_text_chars": max_text_chars,
@@ -199,6 +249,7 @@ def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
     app.add_middleware(_Guard, max_body=max_image_bytes + FORM_ALLOWANCE, limit_text=f"{max_upload_mb:g} MB",
                        allowed_hosts=allowed_hosts)
     _add_error_handlers(app)
+    api = APIRouter(dependencies=[Depends(keys.require)])  # every route that reads the indexes or the model
 
     def index_of(name: str | None) -> SearchIndex:
         if not name:
@@ -213,19 +264,27 @@ def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
             raise HTTPException(400, f"{where} is {len(text)} characters, more than the {max_text_chars} allowed")
         return text or None
 
-    def embed(index: SearchIndex, text: str | None, image: Image.Image | None) -> np.ndarray:
+    def query_instruction(given: str | None) -> str:
+        """A request's instruction (an empty one: none), else the server's."""
+        if given is None:
+            return default_instruction
+        if len(given) > max_text_chars:
+            raise HTTPException(400, f"instruction is {len(given)} characters, more than the {max_text_chars} allowed")
+        return given.strip()
+
+    def embed(index: SearchIndex, text: str | None, image: Image.Image | None, instruction: str) -> np.ndarray:
         try:
-            return searcher.embed(text, image, index.name)  # under the searcher's model lock
+            return searcher.embed(text, image, index.name, instruction=instruction)  # under the model lock
         except (ValueError, SLQError) as e:  # e.g. an image of an aspect ratio the processor refuses
             raise HTTPException(400, f"cannot embed this {'image' if image is not None else 'text'}: "
                                      f"{exc_reason(e)}") from None
 
-    def search(text: str | None, image: Image.Image | None, k: int, name: str | None) -> dict:
+    def search(text: str | None, image: Image.Image | None, k: int, name: str | None, instruction: str) -> dict:
         index = index_of(name)
         if text is None and image is None:
             raise HTTPException(400, "give a query: a text (q), an image, or both")
         started = time.perf_counter()
-        hits = index.search(embed(index, text, image), k)[0]
+        hits = index.search(embed(index, text, image, instruction), k)[0]
         results = [{"id": hit.id, "score": hit.score, "path": _shown_path(index, hit.path), "text": hit.text,
                     "captions": hit.captions,
                     "image_url": f"/items/{quote(index.name, safe='')}/{hit.id}/image" if hit.path else None}
@@ -240,30 +299,35 @@ def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
             raise HTTPException(413, f"the image is over the {max_upload_mb:g} MB allowed")
         return open_image(data, max_image_pixels)
 
-    @app.get("/healthz", summary="liveness, the indexes served and the request limits")
-    def healthz() -> dict:
+    @app.get("/healthz", summary="liveness; with the API key (if the server has one) the indexes and limits too")
+    def healthz(credentials: Credentials) -> dict:
+        if not keys.passes(credentials):  # probes carry no key; what is served is data
+            return {"status": "ok"}
         return {"status": "ok", "indexes": summaries, "limits": limits}
 
-    @app.get("/indexes", summary="the indexes served: name, kind, items, width, adapter")
+    @api.get("/indexes", summary="the indexes served (name, kind, items, width, adapter) and the request limits")
     def indexes() -> dict:
-        return {"indexes": summaries}
+        return {"indexes": summaries, "limits": limits}
 
-    @app.get("/search", summary="search an index with a text")
+    @api.get("/search", summary="search an index with a text")
     def search_text(q: Annotated[str | None, Query(description="the query text")] = None,
                     k: Annotated[int, Query(ge=1, le=MAX_K, description="how many results")] = 10,
-                    index: Annotated[str | None, Query(description=INDEX_HELP)] = None) -> dict:
-        return search(query_text(q), None, k, index)
+                    index: Annotated[str | None, Query(description=INDEX_HELP)] = None,
+                    instruction: Annotated[str | None, Query(description=INSTRUCTION_HELP)] = None) -> dict:
+        return search(query_text(q), None, k, index, query_instruction(instruction))
 
-    @app.post("/search", summary="search an index with a text, an uploaded image, or both (multipart form)")
+    @api.post("/search", summary="search an index with a text, an uploaded image, or both (multipart form)")
     def search_form(q: Annotated[str | None, Form(description="the query text (with an image: read beside it)")] = None,
                     image: Annotated[UploadFile | None, File(description="a query image: " + ", ".join(IMAGE_FORMATS))]
                     = None,
                     k: Annotated[int, Form(ge=1, le=MAX_K, description="how many results")] = 10,
-                    index: Annotated[str | None, Form(description=INDEX_HELP)] = None) -> dict:
+                    index: Annotated[str | None, Form(description=INDEX_HELP)] = None,
+                    instruction: Annotated[str | None, Form(description=INSTRUCTION_HELP)] = None) -> dict:
+        chosen = query_instruction(instruction)
         picture = uploaded_image(image)
-        return search(query_text(q), picture, k, index)
+        return search(query_text(q), picture, k, index, chosen)
 
-    @app.get("/items/{index}/{item_id}/image", summary="an indexed image, by index name and item id",
+    @api.get("/items/{index}/{item_id}/image", summary="an indexed image, by index name and item id",
              response_class=FileResponse)
     def item_image(index: str, item_id: str) -> FileResponse:
         chosen = index_of(index)
@@ -274,9 +338,10 @@ def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.post("/v1/embeddings", summary="embeddings in OpenAI's request and response shape")
+    @api.post("/v1/embeddings", summary="embeddings in OpenAI's request and response shape")
     def embeddings(body: EmbeddingRequest) -> dict:
         index = index_of(body.model)
+        chosen = query_instruction(body.instruction)
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not 1 <= len(inputs) <= MAX_EMBEDDING_INPUTS:
             raise HTTPException(400, f"input: give 1 to {MAX_EMBEDDING_INPUTS} strings, got {len(inputs)}")
@@ -290,11 +355,13 @@ def create_app(searcher: Searcher, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
         for i, item in enumerate(inputs):  # one image decoded at a time, not the whole list at once
             where = f"input[{i}]"
             if item[:11].lower() == "data:image/":
-                vector = embed(index, None, open_image(_data_url_bytes(item, where), max_image_pixels))
+                vector = embed(index, None, open_image(_data_url_bytes(item, where), max_image_pixels), chosen)
             else:
-                vector = embed(index, query_text(item, where), None)
+                vector = embed(index, query_text(item, where), None, chosen)
             data.append({"object": "embedding", "index": i, "embedding": _encoded(vector, body.encoding_format)})
         return {"object": "list", "data": data, "model": index.name, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    app.include_router(api)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -363,26 +430,31 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def run_server(folders: list[str | os.PathLike], *, host: str = "127.0.0.1", port: int = 8000,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-               max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, **load_options) -> None:
+               max_text_chars: int = DEFAULT_MAX_TEXT_CHARS, api_key: str | None = None, instruction: str = "",
+               **load_options) -> None:
     """Open the index folders (one backbone, loaded once, one adapter per index) and serve them
     until interrupted. `load_options` go to `Searcher.open` (backbone, dtype, device,
-    trust_remote_code). A loopback address (the default) answers only to loopback Host names; any
-    other address is open to the network, without authentication, and logged as a warning."""
+    trust_remote_code). A loopback address (the default) answers only to loopback Host names. Any
+    other address opens the server to the network, so it needs an API key: `api_key`, else the
+    SLQ_API_KEY environment variable (refused without one, before the model loads)."""
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_VARIABLE) or None  # an empty variable counts as unset
+    loopback = is_loopback(host)
+    if not loopback and api_key is None:
+        raise SettingError("api_key", rule=f"a key is needed to serve on {host}, which opens the indexes to the "
+                                           f"network: give one (or set {API_KEY_VARIABLE}) for every request to carry "
+                                           "as Authorization: Bearer KEY, or bind 127.0.0.1 to stay on this machine")
     searcher = Searcher.open(folders, **load_options)
     try:
-        loopback = is_loopback(host)
-        if not loopback:
-            logger.warning("serving on %s: anyone who can reach this machine can search these indexes and read "
-                           "their images (there is no authentication); bind 127.0.0.1 to keep it local", host)
         app = create_app(searcher, max_upload_mb=max_upload_mb, max_image_pixels=max_image_pixels,
-                         max_text_chars=max_text_chars,
+                         max_text_chars=max_text_chars, api_key=api_key, instruction=instruction,
                          allowed_hosts=tuple(dict.fromkeys([*LOOPBACK_NAMES, host.strip("[]").lower()]))
                          if loopback else None)
         sock = _listen(host, port)
         bound = sock.getsockname()[1]
         shown = f"[{host.strip('[]')}]" if ":" in host else host
-        logger.info("serving %s at http://%s:%d/ (API docs at /docs; Ctrl-C stops)", ", ".join(searcher.indexes),
-                    shown, bound)
+        logger.info("serving %s at http://%s:%d/ (API docs at /docs; Ctrl-C stops)%s", ", ".join(searcher.indexes),
+                    shown, bound, "; requests need the API key" if api_key else "")
         level = logging.getLevelName(max(logger.getEffectiveLevel(), logging.INFO)).lower()
         config = uvicorn.Config(app, log_level=level, limit_concurrency=64, server_header=False)
         uvicorn.Server(config).run(sockets=[sock])
