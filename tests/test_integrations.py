@@ -15,6 +15,7 @@ from slq.data import load_image, load_jsonl
 from slq.tiny import build_tiny_model
 
 TEXTS = ["a red circle", "one blue square, drawn large in the middle of a white page", "green", "a yellow square"]
+INSTRUCTION = "Find an image that matches the caption:"
 TOL = 1e-5
 
 
@@ -90,6 +91,31 @@ def test_named_prompts_are_prepended_to_texts(st_model, retriever):
     np.testing.assert_allclose(st_model.encode_query(TEXTS[:2]), expected, atol=TOL)
 
 
+def test_a_prompt_is_the_instruction_of_encode_query(st_model, retriever, images):
+    plain = np.stack([retriever.encode_query(t) for t in TEXTS[:2]])
+    instructed = np.stack([retriever.encode_query(t, instruction=INSTRUCTION) for t in TEXTS[:2]])
+    assert not np.allclose(plain, instructed, atol=1e-4)
+    np.testing.assert_allclose(st_model.encode(TEXTS[:2], prompt=INSTRUCTION), instructed, atol=TOL)
+    np.testing.assert_allclose(st_model.encode_query(TEXTS[:2]),  # the "query" prompt, "find: "
+                               np.stack([retriever.encode_query(t, instruction="find:") for t in TEXTS[:2]]), atol=TOL)
+    np.testing.assert_allclose(st_model.encode_document(TEXTS[:2]), plain, atol=TOL)  # no "document" prompt
+    asked = np.stack([retriever.encode_query(image=im, instruction=INSTRUCTION) for im in images[:2]])
+    assert not np.allclose(asked, retriever.encode_image(images[:2]), atol=1e-4)
+    np.testing.assert_allclose(st_model.encode(images[:2], prompt=INSTRUCTION), asked, atol=TOL)
+
+
+def test_an_instruction_is_the_query_prompt(retriever):
+    pytest.importorskip("sentence_transformers")
+    from slq.integrations import to_sentence_transformer
+
+    model = to_sentence_transformer(retriever, instruction=INSTRUCTION)
+    np.testing.assert_allclose(model.encode_query(TEXTS[2]), retriever.encode_query(TEXTS[2], instruction=INSTRUCTION),
+                               atol=TOL)
+    np.testing.assert_allclose(model.encode_document(TEXTS[2]), retriever.encode_text(TEXTS[2]), atol=TOL)
+    with pytest.raises(SLQError, match="instruction.*once"):
+        to_sentence_transformer(retriever, prompts={"query": "q: "}, instruction=INSTRUCTION)
+
+
 def test_texts_and_images_go_in_separate_calls(st_model, images):
     with pytest.raises(ValueError, match="modalities"):  # sentence-transformers refuses the batch itself
         st_model.encode([TEXTS[0], images[0]])
@@ -146,6 +172,44 @@ def test_mteb_encoder_follows_the_protocol_on_text_image_and_fused_batches(mteb,
     np.testing.assert_allclose(fused, expected, atol=TOL)
     with pytest.raises(SLQError, match="'text' and 'image' columns"):
         encoder.encode(loader([{"audio": 0}]), **call)
+
+
+def test_mteb_instructs_queries_only(mteb, retriever, images):
+    from torch.utils.data import DataLoader
+
+    from mteb.types import PromptType
+    from slq.integrations import MTEBEncoder
+
+    def encode(encoder, column, rows, task, prompt_type):
+        batches = DataLoader([{column: x} for x in rows], batch_size=2,
+                             collate_fn=lambda batch: {k: [row[k] for row in batch] for k in batch[0]})
+        return encoder.encode(batches, task_metadata=task, hf_split="test", hf_subset="default",
+                              prompt_type=prompt_type)
+
+    task = mteb.get_task("MSCOCOT2IRetrieval").metadata  # its own query instruction; metadata only
+    own = task.prompt["query"]
+    plain = retriever.encode_text(TEXTS)
+    instructed = np.stack([retriever.encode_query(t, instruction=INSTRUCTION) for t in TEXTS])
+    assert not np.allclose(plain, instructed, atol=1e-4)
+    fixed = MTEBEncoder(retriever, instruction=INSTRUCTION)
+    np.testing.assert_allclose(encode(fixed, "text", TEXTS, task, PromptType.query), instructed, atol=TOL)
+    np.testing.assert_allclose(encode(fixed, "image", images[:3], task, PromptType.query),
+                               np.stack([retriever.encode_query(image=im, instruction=INSTRUCTION) for im in images[:3]]),
+                               atol=TOL)
+    np.testing.assert_allclose(encode(fixed, "text", TEXTS, task, PromptType.document), plain, atol=TOL)
+    np.testing.assert_allclose(encode(fixed, "text", TEXTS, task, None), plain, atol=TOL)  # symmetric tasks: none
+
+    per_task = MTEBEncoder(retriever, instruction=INSTRUCTION, task_instructions=True)
+    np.testing.assert_allclose(encode(per_task, "text", TEXTS[:2], task, PromptType.query),
+                               np.stack([retriever.encode_query(t, instruction=own) for t in TEXTS[:2]]), atol=TOL)
+    without_own = mteb.get_task("STS12").metadata  # no instruction of its own: the fixed one
+    np.testing.assert_allclose(encode(per_task, "text", TEXTS[:2], without_own, PromptType.query), instructed[:2],
+                               atol=TOL)
+    np.testing.assert_allclose(encode(MTEBEncoder(retriever), "text", TEXTS, task, PromptType.query), plain, atol=TOL)
+
+    revisions = {e.mteb_model_meta.revision for e in (fixed, per_task, MTEBEncoder(retriever))}
+    assert len(revisions) == 3, "instructed results are cached apart"
+    assert fixed.mteb_model_meta.use_instructions and not MTEBEncoder(retriever).mteb_model_meta.use_instructions
 
 
 def test_mteb_names_each_adapter_apart(mteb, retriever):

@@ -8,10 +8,15 @@ module) stays as light as before.
 
 * `to_sentence_transformer(encoder)` gives a `SentenceTransformer` whose one module, `SLQModule`,
   takes texts and images (PIL images, or image file paths as sentence-transformers recognises them).
+  A prompt (`encode(..., prompt=)`, `prompt_name=`, or the "query" prompt `encode_query` uses, which
+  `instruction=` sets) is slq's instruction: `encode_query(x, prompt=P)` equals
+  `encoder.encode_query(x, instruction=P)`, for a text or an image.
   `.save(path)` records the backbone's path and writes the adapter beside it (SLQRetriever only);
   `SentenceTransformer(path, trust_remote_code=True)` loads it again, the backbone from its path.
 * `MTEBEncoder(encoder)` implements mteb 2.x's `EncoderProtocol` (`encode` over a DataLoader of
-  batched inputs, `similarity`, `mteb_model_meta`).
+  batched inputs, `similarity`, `mteb_model_meta`); `instruction=` (every task) or
+  `task_instructions=True` (each task's own, from its metadata) instruct the queries, never the
+  documents, as mteb's instruction-following models do.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.images import load_image
+from .data.pairs import Input
 from .encoder import Encoder
-from .errors import SLQError
+from .errors import SettingError, SLQError
 from .retriever import SLQRetriever
 
 if TYPE_CHECKING:
@@ -108,7 +116,8 @@ def _module_class() -> type:
         def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
             """One modality per batch, as slq embeds a text or an image, never both in one vector.
 
-            `prompt` is prepended to texts (sentence-transformers' convention); images take none.
+            `prompt` is the instruction of `Encoder.encode_query`: before a text, as sentence-transformers
+            prepends prompts, and after an image, as slq reads an instruction beside a picture.
             """
             kinds = {infer_modality(item, supported_modalities=self.modalities) for item in inputs}
             if len(kinds) != 1 or not kinds <= set(self.modalities):
@@ -116,8 +125,10 @@ def _module_class() -> type:
                                f"{sorted(map(str, kinds))}")
             kind = kinds.pop()
             items = [item[kind] if isinstance(item, dict) else item for item in inputs]  # {"image": x} forms
+            if prompt and prompt.strip():
+                return {"slq_batch": self.encoder.input_batch(_instructed(kind, items, prompt))}
             if kind == "text":
-                return {"slq_batch": self.encoder.text_batch([(prompt or "") + text for text in items])}
+                return {"slq_batch": self.encoder.text_batch(items)}
             return {"slq_batch": self.encoder.image_batch(items)}
 
         def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -156,19 +167,33 @@ def _module_class() -> type:
     return SLQModule
 
 
+def _instructed(kind: str, items: Sequence[Any], instruction: str) -> list[Input]:
+    """Texts or images as `Input`s behind `instruction`, as `Encoder.encode_query` builds them."""
+    if kind == "text":
+        return [Input(text, None, instruction) for text in items]
+    return [Input(None, item if isinstance(item, Image.Image) else load_image(item), instruction) for item in items]
+
+
 def __getattr__(name: str):
     if name == "SLQModule":  # built lazily; sentence-transformers resolves saved models' modules by this name
         return _module_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def to_sentence_transformer(encoder: Encoder, *, prompts: dict[str, str] | None = None) -> SentenceTransformer:
+def to_sentence_transformer(encoder: Encoder, *, prompts: dict[str, str] | None = None,
+                            instruction: str | None = None) -> SentenceTransformer:
     """A `SentenceTransformer` whose `encode` gives `encoder.encode_text` / `encode_image`'s vectors.
 
     It stays on the encoder's device (sentence-transformers would otherwise move it to a GPU).
-    `prompts`: sentence-transformers' named prompts (`encode_query` uses "query"), prepended to texts.
+    `prompts`: sentence-transformers' named prompts (`encode_query` uses "query", `encode_document`
+    "document"), each slq's instruction for the inputs it is used on; `instruction` is the "query"
+    prompt: `model.encode_query(x)` then equals `encoder.encode_query(x, instruction=instruction)`.
     """
     st = _require("sentence_transformers", "a SentenceTransformer")
+    if instruction is not None:
+        if prompts and "query" in prompts:
+            raise SettingError("instruction", instruction, "is the \"query\" prompt; give it once, here or in prompts")
+        prompts = {**(prompts or {}), "query": instruction}
     return st.SentenceTransformer(modules=[_module_class()(encoder)], device=str(encoder.backbone.device),
                                   prompts=prompts, similarity_fn_name="cosine")
 
@@ -180,15 +205,24 @@ class MTEBEncoder:
 
     A batch's "text" column is embedded with `encode_text`, its "image" column with `encode_image`;
     a batch with both (a fused image+text input) gets the normalised sum of the two vectors, as mteb's
-    own CLIP wrapper does. mteb's task prompts are not used: slq's prompts are its encoder's.
+    own CLIP wrapper does.
+
+    Queries (mteb's `prompt_type` "query") can be instructed, as `Encoder.encode_query(x,
+    instruction=...)` embeds them; documents and symmetric tasks (no prompt type) never are.
+    `instruction` applies to every task; `task_instructions=True` takes each task's own from its
+    metadata (`TaskMetadata.prompt`, e.g. SciFact's "Given a scientific claim, retrieve documents
+    that support or refute the claim"), falling back on `instruction` where a task has none.
 
     `name`/`revision` name the results in mteb's cache. The default revision is a hash of the trained
-    tensors and the backbone's fingerprint, so two adapters never share cached results.
+    tensors and the backbone's fingerprint (and the instructions, if any), so two adapters never
+    share cached results.
     """
 
-    def __init__(self, encoder: Encoder, *, name: str | None = None, revision: str | None = None):
+    def __init__(self, encoder: Encoder, *, name: str | None = None, revision: str | None = None,
+                 instruction: str | None = None, task_instructions: bool = False):
         _require("mteb", "an MTEB encoder")
         self.encoder = encoder
+        self.instruction, self.task_instructions = (instruction or "").strip(), task_instructions
         self.name = name or f"slq/{type(encoder).__name__}-{Path(encoder.backbone.path).name}"
         if "/" not in self.name:
             raise SLQError(f"MTEB model name {self.name!r} must read organisation/model")
@@ -206,7 +240,8 @@ class MTEBEncoder:
             "name": self.name, "revision": self._revision or self._fingerprint(), "embed_dim": self.encoder.dim,
             "modalities": ["text"] if backbone.text_only else ["image", "text"], "n_parameters": n_parameters,
             "max_tokens": backbone.max_text_tokens, "similarity_fn_name": ScoringFunction.COSINE,
-            "use_instructions": False, "framework": ["PyTorch"], "model_type": ["dense"],
+            "use_instructions": bool(self.instruction or self.task_instructions), "framework": ["PyTorch"],
+            "model_type": ["dense"],
         })
 
     def _fingerprint(self) -> str:
@@ -217,7 +252,18 @@ class MTEBEncoder:
                                  default=str).encode())
         for name, tensor in sorted(self.encoder.trainable_tensors().items()):
             digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+        if self.instruction or self.task_instructions:  # (uninstructed: the revision it always had)
+            digest.update(json.dumps([self.instruction, self.task_instructions]).encode())
         return digest.hexdigest()[:12]
+
+    def query_instruction(self, task_metadata: TaskMetadata | None, prompt_type: PromptType | None) -> str:
+        """The instruction for this call's inputs: "" unless they are a task's queries."""
+        if prompt_type is None or getattr(prompt_type, "value", prompt_type) != "query":
+            return ""
+        own = getattr(task_metadata, "prompt", None) if self.task_instructions else None
+        if isinstance(own, dict):
+            own = own.get("query")
+        return (own or "").strip() or self.instruction
 
     def encode(self, inputs: Iterable[dict[str, Any]], *, task_metadata: TaskMetadata | None = None,
                hf_split: str | None = None, hf_subset: str | None = None, prompt_type: PromptType | None = None,
@@ -227,16 +273,24 @@ class MTEBEncoder:
         if precision not in (None, "float32"):
             raise SLQError(f"precision {precision!r}: slq's MTEB encoder returns float32 embeddings only")
         show = kwargs.get("show_progress_bar", False)
-        parts = [self._embed_batch(batch) for batch in tqdm(inputs, desc="slq: encoding", disable=not show)]
+        instruction = self.query_instruction(task_metadata, prompt_type)
+        parts = [self._embed_batch(batch, instruction)
+                 for batch in tqdm(inputs, desc="slq: encoding", disable=not show)]
         return np.concatenate(parts) if parts else np.empty((0, self.encoder.dim), dtype=np.float32)
 
-    def _embed_batch(self, batch: dict[str, Any]) -> np.ndarray:
+    def _embed_batch(self, batch: dict[str, Any], instruction: str = "") -> np.ndarray:
         encoders = {"text": self.encoder.encode_text, "image": self.encoder.encode_image}
         found = [key for key in encoders if key in batch]
         if not found or {"audio", "video"} & set(batch):
             raise SLQError(f"slq embeds the 'text' and 'image' columns of an MTEB batch; this one has {sorted(batch)}")
-        vectors = [encoders[key](list(batch[key]), batch_size=max(1, len(batch[key])), show_progress_bar=False)
-                   for key in found]
+
+        def embed(key: str) -> np.ndarray:
+            items, options = list(batch[key]), {"batch_size": max(1, len(batch[key])), "show_progress_bar": False}
+            if instruction:  # as encode_query(..., instruction=) embeds each
+                return self.encoder.encode_inputs(_instructed(key, items, instruction), **options)
+            return encoders[key](items, **options)
+
+        vectors = [embed(key) for key in found]
         if len(vectors) == 1:
             return vectors[0]
         fused = vectors[0] + vectors[1]

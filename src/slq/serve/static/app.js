@@ -1,5 +1,8 @@
 // The search page: one query (text, image, or both) against the server's /search; the text query
 // lives in the URL (?q=&index=&k=) so that reloading or sharing a link re-runs it. No framework.
+// A server with an API key answers 401: the page asks for the key, keeps it in this tab only
+// (sessionStorage, never the URL) and sends it as `Authorization: Bearer KEY`, item images included
+// (fetched, then shown from blob: URLs, since an <img> cannot send a header).
 "use strict";
 
 (() => {
@@ -8,6 +11,8 @@
   const fileInput = $("image"), preview = $("image-preview"), thumb = $("image-thumb");
   const grid = $("results"), status = $("status"), errorBox = $("error"), overlay = $("drop-overlay");
   const lightbox = $("lightbox"), lbImage = $("lightbox-image"), lbText = $("lightbox-text");
+  const keyForm = $("key-form"), keyInput = $("api-key"), keyMessage = $("key-message");
+  const KEY_ITEM = "slq-api-key";
 
   let limits = { max_upload_mb: 16, max_text_chars: 2000 };
   const kinds = {};  // index name -> "images" | "texts"
@@ -15,6 +20,8 @@
   let results = [];
   let current = -1;  // the result shown in the lightbox
   let inflight = null;
+  let apiKey = sessionStorage.getItem(KEY_ITEM) || "";
+  const itemImages = new Map();  // an item image's URL -> a promise of its blob: URL (with a key only)
 
   const showError = (message) => { errorBox.textContent = message; errorBox.hidden = !message; };
   const describe = (hit) => hit.captions[0] || hit.text || hit.path || `item ${hit.id}`;
@@ -25,10 +32,65 @@
     return element;
   };
 
+  // --- the API key ----------------------------------------------------------------------------
+  class KeyNeeded extends Error {}
+
+  // fetch() with the key, if one was given; a 401 asks for (another) key and throws KeyNeeded.
+  async function request(url, init = {}) {
+    const headers = apiKey ? { ...init.headers, Authorization: `Bearer ${apiKey}` } : init.headers;
+    const response = await fetch(url, { ...init, headers });
+    if (response.status !== 401) return response;
+    const body = await response.json().catch(() => ({}));
+    askForKey(apiKey ? "That key is wrong; type the server's API key." :
+      "This server needs its API key (slq serve --api-key, or SLQ_API_KEY where it runs).");
+    throw new KeyNeeded(body.detail || "The server needs its API key.");
+  }
+
+  function askForKey(message) {
+    apiKey = "";
+    sessionStorage.removeItem(KEY_ITEM);
+    keyMessage.textContent = `${message} It is kept in this tab only.`;
+    keyForm.hidden = false;
+    status.textContent = "";
+    keyInput.focus();
+  }
+
+  keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = keyInput.value.trim();
+    if (!key) return;
+    apiKey = key;
+    sessionStorage.setItem(KEY_ITEM, key);
+    keyInput.value = "";
+    keyForm.hidden = true;
+    start();
+  });
+
+  // An item image into `image`: its URL as it is, or, with a key, fetched with it and shown as a blob.
+  function showItemImage(image, url, wanted = () => true) {
+    if (!apiKey) {
+      image.src = url;
+      return;
+    }
+    image.removeAttribute("src");
+    if (!itemImages.has(url)) {
+      itemImages.set(url, request(url)
+        .then((response) => (response.ok ? response.blob() : Promise.reject(new Error(`${response.status}`))))
+        .then((blob) => URL.createObjectURL(blob)));
+    }
+    itemImages.get(url).then((src) => wanted() && (image.src = src), () => {});
+  }
+
+  function forgetItemImages() {
+    for (const src of itemImages.values()) src.then((url) => URL.revokeObjectURL(url), () => {});
+    itemImages.clear();
+  }
+
   async function loadIndexes() {
-    const response = await fetch("/healthz");
+    const response = await request("/indexes");
     const body = await response.json();
     limits = body.limits || limits;
+    indexSelect.replaceChildren();
     for (const index of body.indexes) {
       kinds[index.name] = index.kind;
       indexSelect.append(new Option(`${index.name} (${index.items} ${index.kind})`, index.name));
@@ -84,10 +146,10 @@
         data.set("image", queryImage);
         data.set("k", kSelect.value);
         data.set("index", indexSelect.value);
-        response = await fetch("/search", { method: "POST", body: data, signal: controller.signal });
+        response = await request("/search", { method: "POST", body: data, signal: controller.signal });
       } else {
         const params = new URLSearchParams({ q: text, k: kSelect.value, index: indexSelect.value });
-        response = await fetch(`/search?${params}`, { signal: controller.signal });
+        response = await request(`/search?${params}`, { signal: controller.signal });
       }
       const body = await response.json().catch(() => ({}));
       if (!response.ok) throw new Error(body.detail || `The server answered ${response.status}.`);
@@ -95,7 +157,7 @@
     } catch (error) {
       if (error.name === "AbortError") return;
       status.textContent = "";
-      showError(error.message);
+      if (!(error instanceof KeyNeeded)) showError(error.message);
     } finally {
       if (inflight === controller) {
         inflight = null;
@@ -105,6 +167,7 @@
   }
 
   function render(body) {
+    forgetItemImages();
     results = body.results;
     const cards = results.map((hit, i) => {
       const item = make("li", "result");
@@ -113,10 +176,10 @@
       card.type = "button";
       if (hit.image_url) {
         const image = make("img");
-        image.src = hit.image_url;
         image.alt = describe(hit);
         image.loading = "lazy";
         image.decoding = "async";
+        showItemImage(image, hit.image_url);
         card.append(image);
       } else {
         card.classList.add("text-card");
@@ -199,7 +262,7 @@
     lbImage.hidden = !hit.image_url;
     lbText.hidden = Boolean(hit.image_url);
     if (hit.image_url) {
-      lbImage.src = hit.image_url;
+      showItemImage(lbImage, hit.image_url, () => current === i);
       lbImage.alt = describe(hit);
     } else {
       lbImage.removeAttribute("src");
@@ -239,9 +302,13 @@
     if (readUrl() || queryImage) search({ remember: false });
   });
 
-  loadIndexes()
-    .then(() => {
-      if (readUrl()) search({ remember: false });
-    })
-    .catch((error) => showError(`Cannot reach the server: ${error.message}`));
+  function start() {
+    loadIndexes()
+      .then(() => {
+        if (readUrl()) search({ remember: false });
+      })
+      .catch((error) => error instanceof KeyNeeded || showError(`Cannot reach the server: ${error.message}`));
+  }
+
+  start();
 })();
