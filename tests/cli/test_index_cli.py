@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from helpers import slq
 
@@ -65,6 +66,28 @@ def test_search_prints_ranked_results_json_and_paths(built, run_cli):
     assert by_image[0] == str(image.resolve()) and len(by_image) == 2, "an indexed image finds itself first"
     both = json.loads(run_cli("search", root / "idx", "--image", image, "--text", "its colour", "--json"))
     assert both["query"] == {"text": "its colour", "image": str(image)}
+
+
+def test_search_with_an_instruction_is_encode_querys(built, run_cli):
+    from slq.index import Searcher
+
+    root, _, _, _ = built
+    instruction = "Find an image that matches the caption:"
+    got = json.loads(run_cli("search", root / "idx", "--text", "a red circle", "-k", "5", "--instruction", instruction,
+                             "--json"))
+    assert got["query"] == {"text": "a red circle", "image": None, "instruction": instruction}
+    searcher = Searcher.open([root / "idx"])
+    try:
+        retriever = searcher.retrievers["idx"]
+        instructed = retriever.encode_query("a red circle", instruction=instruction)
+        assert not np.allclose(instructed, retriever.encode_query("a red circle"), atol=1e-4)
+        hits = searcher.index().search(instructed, 5)[0]
+    finally:
+        searcher.close()
+    assert [h["id"] for h in got["results"]] == [h.id for h in hits]
+    np.testing.assert_allclose([h["score"] for h in got["results"]], [h.score for h in hits], atol=1e-5)
+    plain = json.loads(run_cli("search", root / "idx", "--text", "a red circle", "-k", "5", "--json"))
+    assert [h["score"] for h in plain["results"]] != [h["score"] for h in got["results"]]
 
 
 @pytest.mark.parametrize("args, message", [

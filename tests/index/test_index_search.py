@@ -47,6 +47,23 @@ def test_two_adapters_share_one_backbone_and_answer_differently(collection):
     searcher.close()
 
 
+def test_an_instruction_changes_the_query_as_encode_query_does(collection, shapes_jsonl):
+    from slq.data import load_image, load_jsonl
+
+    searcher = Searcher.open([collection["a"]])
+    retriever, instruction = searcher.retrievers["a"], "Find an image that matches the caption:"
+    image = load_image(load_jsonl(shapes_jsonl).records[3])
+    for text, picture in (("a red circle", None), (None, image), ("its colour", image)):
+        plain = searcher.embed(text, picture)
+        instructed = searcher.embed(text, picture, instruction=instruction)
+        assert not np.allclose(plain, instructed, atol=1e-4), (text, picture)
+        np.testing.assert_allclose(instructed, retriever.encode_query(text, picture, instruction=instruction),
+                                   atol=1e-6)
+        hits = searcher.search(text, picture, k=4, instruction=instruction)
+        assert [h.id for h in hits] == [h.id for h in searcher.index().search(instructed, 4)[0]]
+    searcher.close()
+
+
 def test_indexes_on_different_backbones_are_refused_together(collection):
     with pytest.raises(SLQError, match="another backbone"):
         Searcher.open([collection["a"], collection["other"]])
