@@ -97,3 +97,13 @@ def server(collection) -> LiveServer:
         live.searcher = searcher
         yield live
     searcher.close()
+
+
+@pytest.fixture(scope="session")
+def keyed_server(server) -> LiveServer:
+    """The same indexes behind a server with an API key (`keyed_server.key`)."""
+    app = create_app(server.searcher, max_upload_mb=MAX_UPLOAD_MB, allowed_hosts=LOOPBACK_NAMES,
+                     api_key="sk-slq-page-test")
+    with LiveServer(app) as live:
+        live.key = "sk-slq-page-test"
+        yield live

@@ -151,3 +151,33 @@ def test_search_page(server, reference, collection, tmp_path):
             assert not problems, problems
         finally:
             browser.close()
+
+
+def test_search_page_asks_for_the_api_key(keyed_server, reference):
+    """On a server with a key: the page asks for it, says when it is wrong, then searches with it and
+    shows thumbnails fetched with it."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    expected = [hit.id for hit in reference.search(QUERY, k=10, index="shapes")]
+    with sync_api.sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            problems: list[str] = []  # script errors (the 401s asked for here are logged by the browser too)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{keyed_server.url}/?q={QUERY.replace(' ', '+')}")
+            page.wait_for_selector("#key-form:not([hidden])")
+            assert "needs its API key" in page.locator("#key-message").inner_text()
+            key = page.get_by_label("API key")
+            key.fill("not-the-key")
+            key.press("Enter")
+            page.wait_for_function("() => document.getElementById('key-message').textContent.includes('wrong')")
+            key.fill(keyed_server.key)
+            page.get_by_role("button", name="Use the key").click()
+            wait_for_results(page, "shapes")
+            assert page.locator("#key-form").is_hidden() and result_ids(page) == expected
+            wait_for_image(page, "#results li.result img")
+            assert page.locator("#results li.result img").first.get_attribute("src").startswith("blob:")
+            assert keyed_server.key not in page.url
+            assert not problems, problems
+        finally:
+            browser.close()
