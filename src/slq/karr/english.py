@@ -34,12 +34,9 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..data import Record
-from ..data.wordnet import (DEFAULT_WORDNET_DIR, INSTALL_HINT, _DataFile, _noun_files, _read_index, _read_text,
-                            _Synset, definition_of, mentions)
-from ..errors import SettingError
+from ..data.wordnet import DEFAULT_WORDNET_DIR, Synset, WordNet, definition_of, mentions
 from .core import NUMBER_WORDS, Candidate, Rewrite
 
 logger = logging.getLogger("slq")
@@ -166,40 +163,23 @@ class _WordNet:
     adjective lemmas that tell a noun from a verb or an adjective."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        index_path, data_path = _noun_files(folder)
-        self.senses = {e.lemma: e.offsets for e in _read_index(index_path)}
-        self.data = _DataFile(data_path)
-        self.source = str(data_path)
+        self.files = WordNet(folder)
+        self.senses = {e.lemma: e.offsets for e in self.files.index("noun")}
         self.lemmas_of: dict[str, list[str]] = {}  # irregular plural -> lemmas (noun.exc)
         self.plurals_of: dict[str, list[str]] = {}
-        for plural, lemmas in self._exceptions(folder, "noun.exc").items():
+        for plural, lemmas in self.files.exceptions("noun").items():
             self.lemmas_of[plural] = lemmas
             for lemma in lemmas:
                 self.plurals_of.setdefault(lemma, []).append(plural)
         for plural, lemma in _IRREGULAR_PLURALS.items():
             self.lemmas_of[plural] = [lemma]
             self.plurals_of.setdefault(lemma, []).append(plural)
-        self.verb_forms = set(self._exceptions(folder, "verb.exc"))
-        self.verbs = {e.lemma for e in _read_index(self._file(folder, "index.verb"))}
-        self.adjectives = {e.lemma for e in _read_index(self._file(folder, "index.adj"))}
-        self._synsets: dict[int, _Synset] = {}
+        self.verb_forms = set(self.files.exceptions("verb"))
+        self.verbs = {e.lemma for e in self.files.index("verb")}
+        self.adjectives = {e.lemma for e in self.files.index("adj")}
 
-    @staticmethod
-    def _file(folder: str | os.PathLike, name: str) -> Path:
-        path = Path(folder) / name
-        if not path.is_file():
-            raise SettingError("wordnet_dir", str(folder), f"{name} not found there; {INSTALL_HINT}")
-        return path
-
-    def _exceptions(self, folder: str | os.PathLike, name: str) -> dict[str, list[str]]:
-        """An exception list (man 5 wndb): "inflected base [base...]" a line."""
-        lines = _read_text(self._file(folder, name)).split("\n")
-        return {fields[0]: fields[1:] for fields in (line.split() for line in lines) if len(fields) > 1}
-
-    def synset(self, offset: int) -> _Synset:
-        if offset not in self._synsets:
-            self._synsets[offset] = self.data.synset(offset, self.source)
-        return self._synsets[offset]
+    def synset(self, offset: int) -> Synset:
+        return self.files.synset(offset)
 
     def readings(self, form: str) -> list[tuple[str, bool]]:
         """(lemma, plural) readings of a lowercase form, its own lemma first ("glasses" are spectacles)."""
