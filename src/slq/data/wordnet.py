@@ -79,12 +79,13 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class Synset:
-    """One synset of data.noun: its words, its gloss, its kind and its hypernyms."""
+    """One synset of data.noun: its words, its gloss, its kind, its hypernyms and its topic domains."""
 
     words: tuple[str, ...]  # case-sensitive, as entered by the lexicographer
     gloss: str
     lex_filenum: int = -1  # the lexicographer file, i.e. the broad kind: 6 noun.artifact, 18 noun.person, ...
     hypernyms: tuple[int, ...] = ()  # offsets of the '@' and '@i' (instance) pointers, in file order
+    topics: tuple[int, ...] = ()  # offsets of the ';c' pointers: the field a specialist's sense belongs to (baseball)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +172,9 @@ class _DataFile:
             )
         hypernyms = tuple(int(pointers[i + 1]) for i in range(0, len(pointers), 4)
                           if pointers[i] in ("@", "@i") and pointers[i + 2] == "n" and pointers[i + 1].isdigit())
-        return Synset(words, gloss, lex_filenum, hypernyms)
+        topics = tuple(int(pointers[i + 1]) for i in range(0, len(pointers), 4)
+                       if pointers[i] == ";c" and pointers[i + 1].isdigit())
+        return Synset(words, gloss, lex_filenum, hypernyms, topics)
 
 
 _INDEX_FILES = {"noun": "index.noun", "verb": "index.verb", "adj": "index.adj", "adv": "index.adv"}

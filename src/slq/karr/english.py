@@ -21,9 +21,12 @@ word (or the longest multi-word lemma, "fire hydrant") of index.noun with a conc
 animal, artifact, body part, food, place, object, person, plant or substance; a group only when it
 has nothing else), never a function word, a colour or a word too generic to name a target
 ("side", "picture"); a word that can also be a verb ("stands", "riding") counts as a noun only after
-a determiner, a number or an adjective. Its sense is its first concrete one in WordNet's frequency
-order ("microwave": the oven, not the wave); that guess is wrong for a few words ("hot dog": the
-show-off), which is the price of having no sense tagger. A clue never shares a stem with the target,
+a determiner, a number or an adjective. Its sense is its most frequent one, the first index.noun
+lists, and only when that one is concrete: "wave" (a ridge on water first) and "sign" (an indication
+first) are left alone rather than read as a hairdo and a billboard, and so is "microwave" (the wave
+first). A specialist's first sense (a ';c' topic: "plate" is home plate in baseball) leaves the word
+alone too, and a plant is read as its food where WordNet has both ("bananas"). Frequency is no
+sense tagger: the guess is still wrong for a few words ("hot dog": the show-off). A clue never shares a stem with the target,
 its plural or its synonyms (`slq.data.wordnet.mentions`), so it never hands the answer over.
 """
 
@@ -62,7 +65,7 @@ _SAME_COLOUR = {"grey": {"grey", "gray"}, "gray": {"grey", "gray"}}
 # WordNet's lexicographer files (man 5 lexnames) that hold things a photo can show.
 _CONCRETE = {3: "Tops", 5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 17: "object",
              18: "person", 20: "plant", 27: "substance"}  # Tops: "person", "animal" themselves
-_GROUP, _ARTIFACT, _PERSON = 14, 6, 18
+_GROUP, _ARTIFACT, _PERSON, _PLANT, _FOOD = 14, 6, 18, 20, 13
 _AGENTS = {3, 5, 6, 8, 18}  # kinds whose "that/who <verb>s" clause says what they do, not how they occur
 _TOOL_ROOTS = {"instrumentality", "commodity", "article"}  # devices, appliances, ware: what tools descend from
 _DETERMINERS = frozenset("a an the this that these those his her its their my your our some another each every "
@@ -189,10 +192,21 @@ class _WordNet:
         return [(lemma, plural) for lemma, plural in found if lemma in self.senses]
 
     def concrete_sense(self, lemma: str) -> int | None:
-        """The first sense a photo could show; a group ("people", "herd") only when there is nothing else."""
-        kinds = [(offset, self.synset(offset).lex_filenum) for offset in self.senses[lemma]]
-        concrete = [o for o, kind in kinds if kind in _CONCRETE] or [o for o, kind in kinds if kind == _GROUP]
-        return concrete[0] if concrete else None
+        """The sense a caption's word is read in: the lemma's most frequent sense (index.noun lists it
+        first) when a photo could show it, a group ("people", "herd") only when no sense is concrete.
+        None when the everyday reading is something else, so that no rule rewrites the word: an
+        abstract sense ("wave": the ridge on water, not the hairdo; "sign": an indication, not a
+        billboard) or a specialist's one (a ';c' topic: "plate" is home plate in baseball). A plant
+        is read as its food where WordNet has both ("bananas": the fruit, not the tree)."""
+        offsets = self.senses[lemma]
+        kinds = [self.synset(offset).lex_filenum for offset in offsets]
+        if self.synset(offsets[0]).topics:
+            return None
+        if kinds[0] == _PLANT:
+            return next((o for o, kind in zip(offsets, kinds) if kind == _FOOD), offsets[0])
+        if kinds[0] in _CONCRETE or kinds[0] == _GROUP and not any(kind in _CONCRETE for kind in kinds):
+            return offsets[0]
+        return None
 
     def can_be_verb(self, form: str) -> bool:
         return form in self.verbs or form in self.verb_forms or any(
