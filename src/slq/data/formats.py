@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,31 +36,19 @@ from tqdm.auto import tqdm
 from .._io import atomic_write, require_positive_int
 from ..errors import DataError
 from .images import image_problem
-from .pairs import PairDataset
+from .jsonl import read_bytes, read_lines, write_lines
+from .pairs import PairDataset, is_pair_file, load_pairs
 from .records import Collector, ImageRecord, ImageTextDataset, Record, TextRecord, error, exc_reason
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 # "train+restval" is the usual training set of the Karpathy splits (113k COCO images).
 SPLIT_CHOICES = KARPATHY_SPLITS + ("train+restval",)
-# Breaks json.dumps(ensure_ascii=False) leaves raw; escaped so any line splitter reads our files.
-_JSON_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 # Fields of a JSONL record that slq reads; every other field is kept in the record's `meta`.
 _JSONL_FIELDS = ("image", "text", "captions")
 # Beside a dataset's JSONL files, what they share: {"directions": [caption->target, target->caption]}.
 DATASET_INFO = "slq-dataset.json"
 # Fields of a Karpathy entry that slq reads or that only restate the split; others go to `meta`.
 _KARPATHY_FIELDS = ("filepath", "filename", "sentences", "split")
-
-
-def _read_bytes(path: Path) -> bytes:
-    if path.is_dir():
-        raise error(str(path), "is a folder, not a file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise error(str(path), "no such file") from None
-    except OSError as e:
-        raise error(str(path), f"cannot read: {e.strerror or exc_reason(e)}") from None
 
 
 def _absolute(path: Path) -> Path:
@@ -100,38 +88,20 @@ def _finish(
     path: Path, name: str, records: list[Record], collector: Collector, what: str = "",
     directions: tuple[str, str] | None = None, max_captions: int | None = None,
 ) -> ImageTextDataset:
-    skipped = collector.in_order()
     if not records:
-        detail = f"{len(skipped)} skipped, first: {skipped[0].reason}" if skipped else "no records"
-        raise error(str(path), f"no usable records{what} ({detail})")
+        raise collector.nothing_usable(str(path), f"records{what}")
     if max_captions is not None:
         records = [replace(r, captions=r.captions[:max_captions]) for r in records]
     named = {"directions": tuple(directions)} if directions else {}
-    return ImageTextDataset(records=records, name=name, skipped=skipped, **named)
+    return ImageTextDataset(records=records, name=name, skipped=collector.in_order(), **named)
 
 
 # ---------------------------------------------------------------------------------------------
 # Our JSONL format
 
 
-def _jsonl_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, line) for each non-blank line; splits on b"\\n" only, because JSON
-    strings may legally hold U+2028 and friends that str.splitlines() would break on."""
-    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark written by some editors
-        data = data[3:]
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if line.strip(b" \t\r"):
-            yield number, line
-
-
-def _parse_jsonl_record(line: bytes, source: str, base: Path) -> Record:
-    """One JSONL line as a record; ValueError with the reason when it is malformed."""
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError("line is not valid UTF-8") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"invalid JSON: {exc_reason(e)}") from None
+def _parse_jsonl_record(obj: Any, source: str, base: Path) -> Record:
+    """One decoded JSONL line as a record; ValueError with the reason when it is malformed."""
     if not isinstance(obj, dict):
         raise ValueError(f"record must be a JSON object, got {type(obj).__name__}")
     if ("image" in obj) == ("text" in obj):
@@ -166,16 +136,15 @@ def load_jsonl(
     collector = Collector(on_bad_record)
     base = _absolute(path).parent
     parsed = []
-    for number, line in _jsonl_lines(_read_bytes(path)):
-        source = f"{path}:{number}"
+    for line in read_lines(path):
         try:
-            record = _parse_jsonl_record(line, source, base)
+            record = _parse_jsonl_record(line.value(), line.source, base)
             if parsed and type(record) is not type(parsed[0][1]):
                 first = '"text"' if isinstance(parsed[0][1], TextRecord) else '"image"'
                 raise ValueError(f"the file's first record has {first} targets: all records must be of one kind")
-            parsed.append((number, record))
+            parsed.append((line.number, record))
         except ValueError as e:
-            collector.bad(number, source, str(e))
+            collector.bad(line.number, line.source, str(e))
     texts = [r for _, r in parsed if isinstance(r, TextRecord)]
     records = texts or _check_images(parsed, collector, check_images)
     return _finish(path, path.stem, records, collector, directions=directions, max_captions=max_captions)
@@ -195,7 +164,7 @@ def _directions_beside(path: Path) -> tuple[str, str] | None:
     if not info.is_file():
         return None
     try:
-        directions = json.loads(_read_bytes(info))["directions"]
+        directions = json.loads(read_bytes(info))["directions"]
     except (ValueError, TypeError, KeyError, RecursionError) as e:
         raise error(str(info), f'expected {{"directions": [two names]}}: {exc_reason(e)}') from None
     if not (isinstance(directions, list) and len(directions) == 2):
@@ -217,16 +186,15 @@ def write_jsonl(
     """
     path = Path(path)
     base = _absolute(Path(relative_to) if relative_to is not None else path.parent)
-    lines = []
+    values = []
     for record in records:
         if isinstance(record, TextRecord):
             target = {"text": record.text}
         else:
             image = _absolute(record.image)
             target = {"image": image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)}
-        line = json.dumps({**target, "captions": list(record.captions), **record.meta}, ensure_ascii=False)
-        lines.append(line.translate(_JSON_LINE_BREAKS))
-    atomic_write(path, "".join(line + "\n" for line in lines))
+        values.append({**target, "captions": list(record.captions), **record.meta})
+    write_lines(path, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +252,7 @@ def load_karpathy(
     if check_images and not root.is_dir():
         raise error(str(root), "image root is not a folder")
     try:
-        top = json.loads(_read_bytes(path))
+        top = json.loads(read_bytes(path))
     except (ValueError, RecursionError) as e:  # also UnicodeDecodeError
         raise error(str(path), f"invalid JSON: {exc_reason(e)}") from None
     if not isinstance(top, dict) or not isinstance(top.get("images"), list):
@@ -328,8 +296,6 @@ def load_dataset(
         for flag, value in (("image_root", image_root), ("split", split)):
             if value is not None:
                 raise error(str(path), f"{flag} applies only to Karpathy .json files, not JSONL")
-        from .pairs import is_pair_file, load_pairs  # pairs.py reads lines with this module's reader
-
         if is_pair_file(path):  # the pair form: {"query": ..., "positive": ..., "negatives": [...]}
             return load_pairs(path, on_bad_record=on_bad_record, check_images=check_images)
         return load_jsonl(path, on_bad_record=on_bad_record, check_images=check_images, directions=directions,

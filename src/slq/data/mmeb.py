@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .jsonl import read_lines
 from .pairs import Input
 from .records import Collector, error, exc_reason
 
@@ -157,13 +158,11 @@ def _rows(path: Path):
             raise error(str(path), f"cannot read as parquet: {exc_reason(e)}") from None
         yield from enumerate(rows, start=1)
         return
-    from .formats import _jsonl_lines, _read_bytes  # the line reader all our JSONL shares
-
-    for number, line in _jsonl_lines(_read_bytes(path)):
+    for line in read_lines(path):
         try:
-            yield number, json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            yield number, ValueError(f"invalid JSON: {exc_reason(e)}")
+            yield line.number, line.value()
+        except ValueError as e:
+            yield line.number, e
 
 
 def _parse_row(row, image_root: Path) -> tuple[Input, list[Input]]:

@@ -59,8 +59,9 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write, require_positive_ints, seeded_random, setting
 from ..errors import DataError, SettingError, SLQError
+from .jsonl import write_lines
 from .pairs import Input, PairRecord, write_pairs
-from .shapes import (COLOURS, NUMBER_WORDS, SHAPES, ShapeObject, _radius, plural, position_of,
+from .shapes import (COLOURS, NUMBER_WORDS, SHAPES, ShapeObject, object_radius, plural, position_of,
                      record_objects)
 
 logger = logging.getLogger("slq")
@@ -334,7 +335,7 @@ def _queries(task: Task, split: _Split, n: int, seed: int, what: str = "queries"
 def crop_object(image: Image.Image, obj: ShapeObject, size: int = CROP_SIZE) -> Image.Image:
     """The square around the object's centre, CROP_SCALE times its radius on a side, clipped to the
     image and resized to size x size: what a grounding candidate shows."""
-    half = CROP_SCALE / 2 * _radius(obj.size, image.width)
+    half = CROP_SCALE / 2 * object_radius(obj.size, image.width)
     cx, cy = obj.x + 0.5, obj.y + 0.5  # the centre of pixel (x, y), as `render` draws it
     box = (max(0, math.floor(cx - half)), max(0, math.floor(cy - half)),
            min(image.width, math.ceil(cx + half)), min(image.height, math.ceil(cy + half)))
@@ -390,15 +391,14 @@ def _write_eval(world: Path, split: _Split, folder: Path, config: SuiteConfig, b
 
     counts = {}
     for task in TASKS:
-        lines = []
+        rows = []
         for i, query, rng in _queries(task, split, config.n_eval, config.seed):
             candidates = [query.positive, *_draw(rng, query, task.distractors(config))]
-            row = {"qry_text": _mmeb_text(query.query), "qry_img_path": image_path(query.query),
-                   "tgt_text": [_mmeb_text(c) for c in candidates], "tgt_img_path": [image_path(c) for c in candidates],
-                   "id": f"{split.name}-{i:05d}"}
-            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-        atomic_write(folder / f"{task.name}.jsonl", "".join(lines))
-        counts[task.name] = len(lines)
+            rows.append({"qry_text": _mmeb_text(query.query), "qry_img_path": image_path(query.query),
+                         "tgt_text": [_mmeb_text(c) for c in candidates],
+                         "tgt_img_path": [image_path(c) for c in candidates], "id": f"{split.name}-{i:05d}"})
+        write_lines(folder / f"{task.name}.jsonl", rows)
+        counts[task.name] = len(rows)
         bar.update(1)
     atomic_write(folder / SUITE_INFO, json.dumps({"datasets": {t.name: t.meta for t in TASKS}}, indent=2) + "\n")
     return counts

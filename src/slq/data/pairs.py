@@ -19,7 +19,6 @@ negatives join their pair's candidates in the training loss (`TrainConfig.hard_n
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from typing import Any
 
 from PIL import Image
 
-from .._io import atomic_write
 from .images import image_problem
-from .records import Collector, error, exc_reason
+from .jsonl import first_value, read_lines, write_lines
+from .records import Collector
 
 PAIR_FIELDS = ("query", "positive", "negatives")
 _SIDE_FIELDS = ("text", "image", "instruction")
@@ -141,29 +140,18 @@ def parse_pair(obj: Any, source: str, base: Path) -> PairRecord:
 def load_pairs(path: str | os.PathLike, on_bad_record: str = "error", check_images: bool = True) -> PairDataset:
     """Load a pair JSONL file. Syntax is checked on every line before any image is opened; each
     image is checked once however many pairs name it."""
-    from .formats import _jsonl_lines, _read_bytes  # the line reader all our JSONL shares
-
     path = Path(path)
     collector = Collector(on_bad_record)
     base = Path(os.path.abspath(path)).parent
     parsed: list[tuple[int, PairRecord]] = []
-    for number, line in _jsonl_lines(_read_bytes(path)):
-        source = f"{path}:{number}"
+    for line in read_lines(path):
         try:
-            try:
-                obj = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise ValueError("line is not valid UTF-8") from None
-            except (ValueError, RecursionError) as e:
-                raise ValueError(f"invalid JSON: {exc_reason(e)}") from None
-            parsed.append((number, parse_pair(obj, source, base)))
+            parsed.append((line.number, parse_pair(line.value(), line.source, base)))
         except ValueError as e:
-            collector.bad(number, source, str(e))
+            collector.bad(line.number, line.source, str(e))
     records = _with_readable_images(parsed, collector) if check_images else [r for _, r in parsed]
     if not records:
-        skipped = collector.in_order()
-        detail = f"{len(skipped)} skipped, first: {skipped[0].reason}" if skipped else "no records"
-        raise error(str(path), f"no usable pairs ({detail})")
+        raise collector.nothing_usable(str(path), "pairs")
     return PairDataset(records, path.stem, collector.in_order())
 
 
@@ -198,23 +186,14 @@ def write_pairs(records: Sequence[PairRecord], path: str | os.PathLike) -> None:
     written relative to it."""
     path = Path(path)
     base = Path(os.path.abspath(path.parent))
-    lines = []
-    for r in records:
-        obj = {"query": r.query.to_json(base), "positive": r.positive.to_json(base),
+    values = [{"query": r.query.to_json(base), "positive": r.positive.to_json(base),
                **({"negatives": [n.to_json(base) for n in r.negatives]} if r.negatives else {}), **r.meta}
-        lines.append(json.dumps(obj, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+              for r in records]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, "".join(line + "\n" for line in lines))
+    write_lines(path, values)
 
 
 def is_pair_file(path: str | os.PathLike) -> bool:
     """Whether a JSONL file's first record is a pair (has "query"), read without parsing the rest."""
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.strip():
-                    obj = json.loads(line.decode("utf-8-sig"))
-                    return isinstance(obj, dict) and "query" in obj
-    except (OSError, ValueError):
-        return False  # the full loader reports the problem with context
-    return False
+    first = first_value(path)  # None when unreadable: the full loader reports the problem with context
+    return isinstance(first, dict) and "query" in first

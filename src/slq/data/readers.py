@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .formats import load_jsonl
 from .images import IMAGE_SUFFIXES, image_problem
+from .jsonl import read_lines
 from .pairs import Input, parse_side
 from .records import Record, error, exc_reason
 
@@ -57,22 +58,18 @@ def read_inputs(path: str | os.PathLike) -> list[Input]:
     """A JSONL file of inputs, one per line: {"text": …, "image": …, "instruction": …} with a text,
     an image (relative to the file's folder) or both, or a plain JSON string for a text. Any bad
     line or unreadable image is an error naming it: row i of the output is line i."""
-    import json
-
-    from .formats import _jsonl_lines, _read_bytes  # the line reader all our JSONL shares
-
     path = Path(path)
     base = Path(os.path.abspath(path)).parent
     inputs = []
-    for number, line in _jsonl_lines(_read_bytes(path)):
+    for line in read_lines(path):
         try:
-            inputs.append(parse_side(json.loads(line.decode("utf-8")), base, "input"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise error(f"{path}:{number}", exc_reason(e)) from None
+            inputs.append(parse_side(line.value(), base, "input"))
+        except ValueError as e:
+            raise error(line.source, exc_reason(e)) from None
         image = inputs[-1].image
         problem = image_problem(image) if image is not None else None
         if problem:
-            raise error(f"{path}:{number}", problem)
+            raise error(line.source, problem)
     if not inputs:
         raise error(str(path), "no inputs")
     return inputs

@@ -120,3 +120,10 @@ class Collector:
 
     def in_order(self) -> list[SkippedRecord]:
         return [s for _, s in sorted(self.skipped, key=lambda p: p[0])]
+
+    def nothing_usable(self, source: str, what: str = "records") -> DataError:
+        """The error for a file that left nothing to use, saying why: empty, or how many were
+        skipped and the first reason. `what` names the records ("pairs", "records in split 'test'")."""
+        skipped = self.in_order()
+        detail = f"{len(skipped)} skipped, first: {skipped[0].reason}" if skipped else "no records"
+        return error(source, f"no usable {what} ({detail})")

@@ -3,7 +3,8 @@
 A knowledge-retrieval benchmark: the query is a gloss ("feline mammal usually having thick soft fur
 and no ability to roar") and the target is the word ("cat"), so the model has to know the word,
 not match its letters. The pairs come straight from WordNet 3.0's noun files (Debian's
-`wordnet-base`, format in `man 5 wndb`), read without nltk.
+`wordnet-base`, format in `man 5 wndb`), read without nltk by `WordNet`, the reader every user of
+WordNet in slq shares (KARR's English rules too).
 
 Rules, each chosen so that a pair has one right answer that the query does not spell out:
 
@@ -66,7 +67,9 @@ class WordDefinition:
 
 
 @dataclass(frozen=True)
-class _IndexEntry:
+class IndexEntry:
+    """One lemma of an index file (index.noun, index.verb, ...)."""
+
     lemma: str
     tagsense_cnt: int
     first_offset: int  # the most frequent sense's synset
@@ -75,11 +78,14 @@ class _IndexEntry:
 
 
 @dataclass(frozen=True)
-class _Synset:
+class Synset:
+    """One synset of data.noun: its words, its gloss, its kind, its hypernyms and its topic domains."""
+
     words: tuple[str, ...]  # case-sensitive, as entered by the lexicographer
     gloss: str
     lex_filenum: int = -1  # the lexicographer file, i.e. the broad kind: 6 noun.artifact, 18 noun.person, ...
     hypernyms: tuple[int, ...] = ()  # offsets of the '@' and '@i' (instance) pointers, in file order
+    topics: tuple[int, ...] = ()  # offsets of the ';c' pointers: the field a specialist's sense belongs to (baseball)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ def _read_text(path: Path) -> str:
         raise DataError(message) from None
 
 
-def _parse_index_line(line: str, source: str) -> _IndexEntry:
+def _parse_index_line(line: str, source: str) -> IndexEntry:
     """lemma pos synset_cnt p_cnt [ptr_symbol...] sense_cnt tagsense_cnt synset_offset..."""
     fields = line.split(" ")
     try:
@@ -122,10 +128,10 @@ def _parse_index_line(line: str, source: str) -> _IndexEntry:
         raise DataError(f"{source}: malformed index line {line[:80]!r} (see man 5 wndb)") from None
     if len(offsets) != synset_cnt or synset_cnt < 1:
         raise DataError(f"{source}: synset_cnt is {synset_cnt} but {len(offsets)} offsets follow")
-    return _IndexEntry(fields[0], tagsense_cnt, offsets[0], source, tuple(offsets))
+    return IndexEntry(fields[0], tagsense_cnt, offsets[0], source, tuple(offsets))
 
 
-def _read_index(path: Path) -> list[_IndexEntry]:
+def _read_index(path: Path) -> list[IndexEntry]:
     entries = []
     for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if line.strip() and not line.startswith(_LICENSE_PREFIX):
@@ -145,7 +151,7 @@ class _DataFile:
         line_number = self.text.count("\n", 0, offset) + 1
         return f"{self.path}:{line_number}"
 
-    def synset(self, offset: int, cited_by: str) -> _Synset:
+    def synset(self, offset: int, cited_by: str) -> Synset:
         if not 0 <= offset < len(self.text) or (offset and self.text[offset - 1] != "\n"):
             raise DataError(f"{cited_by}: offset {offset} is not a line start in {self.path}")
         end = self.text.find("\n", offset)
@@ -166,7 +172,53 @@ class _DataFile:
             )
         hypernyms = tuple(int(pointers[i + 1]) for i in range(0, len(pointers), 4)
                           if pointers[i] in ("@", "@i") and pointers[i + 2] == "n" and pointers[i + 1].isdigit())
-        return _Synset(words, gloss, lex_filenum, hypernyms)
+        topics = tuple(int(pointers[i + 1]) for i in range(0, len(pointers), 4)
+                       if pointers[i] == ";c" and pointers[i + 1].isdigit())
+        return Synset(words, gloss, lex_filenum, hypernyms, topics)
+
+
+_INDEX_FILES = {"noun": "index.noun", "verb": "index.verb", "adj": "index.adj", "adv": "index.adv"}
+_EXCEPTION_FILES = {"noun": "noun.exc", "verb": "verb.exc", "adj": "adj.exc", "adv": "adv.exc"}
+
+
+class WordNet:
+    """WordNet 3.0's files in a folder (Debian's wordnet-base), read without nltk.
+
+    The noun files (index.noun, data.noun) must be there when the reader is made, so a wrong folder
+    fails at once with a hint; the other files are read when first asked for. Synsets are addressed
+    by their byte offset in data.noun, as the index files give them, and parsed once each.
+    """
+
+    def __init__(self, folder: str | os.PathLike = DEFAULT_WORDNET_DIR) -> None:
+        self.folder = Path(folder)
+        self._index_path, self._data_path = _noun_files(self.folder)
+        self._data: _DataFile | None = None  # read at the first synset asked for
+        self._synsets: dict[int, Synset] = {}
+
+    def _file(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.is_file():
+            raise SettingError("wordnet_dir", str(self.folder), f"{name} not found there; {INSTALL_HINT}")
+        return path
+
+    def index(self, pos: str = "noun") -> list[IndexEntry]:
+        """The lemmas of one part of speech ("noun", "verb", "adj", "adv") in file order, each with its
+        senses' synset offsets, most frequent sense first."""
+        return _read_index(self._index_path if pos == "noun" else self._file(_INDEX_FILES[pos]))
+
+    def synset(self, offset: int, cited_by: str | None = None) -> Synset:
+        """The noun synset at a data.noun byte offset; `cited_by` (default: data.noun) names who gave
+        the offset in the error when it is not a synset."""
+        if offset not in self._synsets:
+            if self._data is None:
+                self._data = _DataFile(self._data_path)
+            self._synsets[offset] = self._data.synset(offset, cited_by or str(self._data_path))
+        return self._synsets[offset]
+
+    def exceptions(self, pos: str) -> dict[str, list[str]]:
+        """An exception list (man 5 wndb: "inflected base [base...]" a line), inflected form -> bases."""
+        lines = _read_text(self._file(_EXCEPTION_FILES[pos])).split("\n")
+        return {fields[0]: fields[1:] for fields in (line.split() for line in lines) if len(fields) > 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,13 +238,13 @@ def mentions(word: str, definition: str) -> bool:
     return False
 
 
-def _candidates(index: list[_IndexEntry], data: _DataFile) -> list[WordDefinition]:
+def _candidates(index: list[IndexEntry], wordnet: WordNet) -> list[WordDefinition]:
     """Common single lowercase words with a first-sense definition that does not leak them."""
     pairs = []
     for entry in index:
         if not _WORD.fullmatch(entry.lemma) or entry.tagsense_cnt < 1:
             continue
-        synset = data.synset(entry.first_offset, entry.source)
+        synset = wordnet.synset(entry.first_offset, entry.source)
         definition = definition_of(synset.gloss)
         if entry.lemma not in synset.words or not definition or mentions(entry.lemma, definition):
             continue
@@ -212,8 +264,8 @@ def reverse_dictionary(
     wordnet_dir: str | os.PathLike = DEFAULT_WORDNET_DIR,
 ) -> list[WordDefinition]:
     """All (word, definition) pairs under the rules of the module docstring, sorted by word."""
-    index_path, data_path = _noun_files(wordnet_dir)
-    pairs = _one_per_synset(_candidates(_read_index(index_path), _DataFile(data_path)))
+    wordnet = WordNet(wordnet_dir)
+    pairs = _one_per_synset(_candidates(wordnet.index("noun"), wordnet))
     uses = Counter(p.definition for p in pairs)
     return sorted((p for p in pairs if uses[p.definition] == 1), key=lambda p: p.word)
 

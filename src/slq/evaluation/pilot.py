@@ -7,7 +7,8 @@ that ask more and more of the model: *pattern* texts name what is in view ("a re
 through a step more ("(1+1) shapes with three sides"). Which image each text scores highest shows,
 row by row, whether a pooling reaches past surface matching to what the model knows.
 
-`builtin_pilot` is such a set on the shapes world, every clue a fact of its knowledge corpus; users
+`builtin_pilot` is such a set on the shapes world (its scenes and texts are world facts:
+`slq.data.shapes.PILOT_SCENES`, `pilot_texts`), every clue a fact of its knowledge corpus; users
 give their own texts and images (`read_pilot`). `pilot_scores` scores, `format_pilot` makes the
 table, `plot_pilot` the heat map, `run_pilot` all of it into a folder (`slq pilot`).
 """
@@ -31,14 +32,14 @@ from ..data import IMAGE_SUFFIXES, load_image
 from ..data.images import image_problem
 from ..data.readers import read_texts
 from ..data.records import error
-from ..data.shapes import COLOUR_CLUES, COLOUR_MIXES, NUMBER_WORDS, SHAPE_CLUES, ShapeObject, render
+from ..data.shapes import NUMBER_WORDS, PILOT_SCENES, TEXT_KINDS, draw_group, pilot_texts
 from ..encoder import Encoder, ImageInput
 from ..errors import NO_VALUE, DataError, SettingError, SLQError, one_line
 from ..retriever import SLQRetriever
 
 logger = logging.getLogger("slq")
 
-KINDS = ("pattern", "knowledge", "reasoning")  # the built-in set's kinds; a user's texts may name others
+KINDS = TEXT_KINDS  # the built-in set's kinds (pattern, knowledge, reasoning); a user's texts may name others
 DEFAULT_KIND = "text"  # the kind of a user's text that names none
 POOLING_TITLES = {"last_token": "last-token pooling (zero-shot, one-word prompt)",
                   "queries": "query pooling (SLQ adapter)"}
@@ -78,64 +79,18 @@ class PilotSet:
 # The built-in set
 
 
-BUILTIN_SCENES = (  # (colour, shape, count): one group of objects each, every colour and shape once
-    ("red", "circle", 1),
-    ("yellow", "triangle", 2),
-    ("green", "square", 1),
-    ("blue", "star", 3),
-    ("purple", "heart", 2),
-)
-
-
-def _colour_of(colour: str, i: int = 0) -> str:
-    return f"the colour of {COLOUR_CLUES[colour][i]}"  # corpus: "the colour of <thing> is <colour>"
-
-
-def _mixed(colour: str) -> str:
-    a, b = COLOUR_MIXES[colour]
-    return f"the colour you get by mixing {a} and {b}"  # corpus: "mixing <a> and <b> gives <colour>"
-
-
-def _described(shape: str, count: int, i: int = 0) -> str:
-    singular, plural = SHAPE_CLUES[shape][i]  # corpus: "a <shape> is a <singular>", "<shape>s are <plural>"
-    return singular if count == 1 else plural
-
-
-def _builtin_texts() -> list[tuple[str, str, int]]:
-    """(kind, text, image): all pattern rows, then knowledge, then reasoning, each in image order,
-    so the heat map shows one diagonal per kind. Knowledge and reasoning texts name neither the
-    colour nor the shape in view; each clue is a fact of `slq.data.shapes.knowledge_corpus`,
-    arithmetic ("(2-1)") included."""
-    pattern = ["a red circle", "two yellow triangles", "a green square", "three blue stars", "two purple hearts"]
-    knowledge = [f"a {_described('circle', 1)} {_colour_of('red', 2)}",  # a round shape the colour of a tomato
-                 f"two {_described('triangle', 2)} {_colour_of('yellow', 0)}",
-                 f"a {_described('square', 1)} {_colour_of('green', 0)}",
-                 f"three {_described('star', 3)} {_colour_of('blue', 0)}",
-                 f"two {_described('heart', 2, 1)} {_colour_of('purple', 0)}"]
-    reasoning = [f"(2-1) {_described('circle', 1, 1)}",  # (2-1) shape with no corners
-                 f"(1+1) {_described('triangle', 2)}",
-                 f"(3-2) shape {_mixed('green')}",
-                 f"(2+1) {_described('star', 3)}",
-                 f"(3-1) objects {_mixed('purple')}"]
-    return [(kind, text, i) for kind, texts in zip(KINDS, (pattern, knowledge, reasoning))
-            for i, text in enumerate(texts)]
-
-
-def _scene(colour: str, shape: str, count: int, size: int) -> Image.Image:
-    """`count` objects in a row across the middle, in the world's grid cells: large alone or in
-    pairs, small in threes, as the world draws them."""
-    xs = {1: (0.5,), 2: (0.2, 0.8), 3: (0.2, 0.5, 0.8)}[count]
-    scale = "small" if count == 3 else "large"
-    return render([ShapeObject(shape, colour, scale, round(x * size), size // 2) for x in xs], size)
+BUILTIN_SCENES = PILOT_SCENES  # (colour, shape, count): one group of objects each, every colour and shape once
 
 
 def builtin_pilot(image_size: int = 64) -> PilotSet:
     """The pilot on the default shapes world: five one-group scenes (`BUILTIN_SCENES`), drawn in
     memory at the world's size, and three texts for each, one per kind (`KINDS`)."""
-    images = tuple(_scene(colour, shape, count, image_size) for colour, shape, count in BUILTIN_SCENES)
+    images = tuple(draw_group(colour, shape, count, image_size) for colour, shape, count in BUILTIN_SCENES)
     labels = tuple(f"{colour} {shape}" if count == 1 else f"{NUMBER_WORDS[count]} {colour} {shape}s"
                    for colour, shape, count in BUILTIN_SCENES)
-    texts = tuple(PilotText(text, kind, i) for kind, text, i in _builtin_texts())
+    # all pattern rows, then knowledge, then reasoning, each in image order: one diagonal per kind in the heat map
+    by_kind = pilot_texts()
+    texts = tuple(PilotText(text, kind, i) for kind in KINDS for i, text in enumerate(by_kind[kind]))
     return PilotSet(texts, images, labels)
 
 

@@ -180,20 +180,6 @@ def plot_categories(summary: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def rule_rewriter_for(dataset: ImageTextDataset, wordnet_dir: str | os.PathLike | None = None
-                      ) -> tuple[Rewriter, frozenset[str]]:
-    """The rules for a dataset and the attributes its validator guards: the shapes world's (its
-    records carry their `objects`) or English through WordNet."""
-    if dataset.records and all(isinstance(r.meta.get("objects"), list) for r in dataset.records):
-        from .shapes import ATTRIBUTES, ShapesRewriter
-
-        return ShapesRewriter(), ATTRIBUTES
-    from .english import ENGLISH_ATTRIBUTES, WordNetRewriter
-
-    return (WordNetRewriter(wordnet_dir) if wordnet_dir is not None else WordNetRewriter()), frozenset(
-        ENGLISH_ATTRIBUTES)
-
-
 def control_dataset(dataset: ImageTextDataset) -> ImageTextDataset:
     """The benchmark with each caption's clues taken out (`control_caption`): what the rest of the
     caption alone retrieves. A method's KARR recall above its control recall is what the knowledge

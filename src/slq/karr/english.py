@@ -21,9 +21,12 @@ word (or the longest multi-word lemma, "fire hydrant") of index.noun with a conc
 animal, artifact, body part, food, place, object, person, plant or substance; a group only when it
 has nothing else), never a function word, a colour or a word too generic to name a target
 ("side", "picture"); a word that can also be a verb ("stands", "riding") counts as a noun only after
-a determiner, a number or an adjective. Its sense is its first concrete one in WordNet's frequency
-order ("microwave": the oven, not the wave); that guess is wrong for a few words ("hot dog": the
-show-off), which is the price of having no sense tagger. A clue never shares a stem with the target,
+a determiner, a number or an adjective. Its sense is its most frequent one, the first index.noun
+lists, and only when that one is concrete: "wave" (a ridge on water first) and "sign" (an indication
+first) are left alone rather than read as a hairdo and a billboard, and so is "microwave" (the wave
+first). A specialist's first sense (a ';c' topic: "plate" is home plate in baseball) leaves the word
+alone too, and a plant is read as its food where WordNet has both ("bananas"). Frequency is no
+sense tagger: the guess is still wrong for a few words ("hot dog": the show-off). A clue never shares a stem with the target,
 its plural or its synonyms (`slq.data.wordnet.mentions`), so it never hands the answer over.
 """
 
@@ -34,12 +37,9 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..data import Record
-from ..data.wordnet import (DEFAULT_WORDNET_DIR, INSTALL_HINT, _DataFile, _noun_files, _read_index, _read_text,
-                            _Synset, definition_of, mentions)
-from ..errors import SettingError
+from ..data.wordnet import DEFAULT_WORDNET_DIR, Synset, WordNet, definition_of, mentions
 from .core import NUMBER_WORDS, Candidate, Rewrite
 
 logger = logging.getLogger("slq")
@@ -65,7 +65,7 @@ _SAME_COLOUR = {"grey": {"grey", "gray"}, "gray": {"grey", "gray"}}
 # WordNet's lexicographer files (man 5 lexnames) that hold things a photo can show.
 _CONCRETE = {3: "Tops", 5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 17: "object",
              18: "person", 20: "plant", 27: "substance"}  # Tops: "person", "animal" themselves
-_GROUP, _ARTIFACT, _PERSON = 14, 6, 18
+_GROUP, _ARTIFACT, _PERSON, _PLANT, _FOOD = 14, 6, 18, 20, 13
 _AGENTS = {3, 5, 6, 8, 18}  # kinds whose "that/who <verb>s" clause says what they do, not how they occur
 _TOOL_ROOTS = {"instrumentality", "commodity", "article"}  # devices, appliances, ware: what tools descend from
 _DETERMINERS = frozenset("a an the this that these those his her its their my your our some another each every "
@@ -166,40 +166,23 @@ class _WordNet:
     adjective lemmas that tell a noun from a verb or an adjective."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        index_path, data_path = _noun_files(folder)
-        self.senses = {e.lemma: e.offsets for e in _read_index(index_path)}
-        self.data = _DataFile(data_path)
-        self.source = str(data_path)
+        self.files = WordNet(folder)
+        self.senses = {e.lemma: e.offsets for e in self.files.index("noun")}
         self.lemmas_of: dict[str, list[str]] = {}  # irregular plural -> lemmas (noun.exc)
         self.plurals_of: dict[str, list[str]] = {}
-        for plural, lemmas in self._exceptions(folder, "noun.exc").items():
+        for plural, lemmas in self.files.exceptions("noun").items():
             self.lemmas_of[plural] = lemmas
             for lemma in lemmas:
                 self.plurals_of.setdefault(lemma, []).append(plural)
         for plural, lemma in _IRREGULAR_PLURALS.items():
             self.lemmas_of[plural] = [lemma]
             self.plurals_of.setdefault(lemma, []).append(plural)
-        self.verb_forms = set(self._exceptions(folder, "verb.exc"))
-        self.verbs = {e.lemma for e in _read_index(self._file(folder, "index.verb"))}
-        self.adjectives = {e.lemma for e in _read_index(self._file(folder, "index.adj"))}
-        self._synsets: dict[int, _Synset] = {}
+        self.verb_forms = set(self.files.exceptions("verb"))
+        self.verbs = {e.lemma for e in self.files.index("verb")}
+        self.adjectives = {e.lemma for e in self.files.index("adj")}
 
-    @staticmethod
-    def _file(folder: str | os.PathLike, name: str) -> Path:
-        path = Path(folder) / name
-        if not path.is_file():
-            raise SettingError("wordnet_dir", str(folder), f"{name} not found there; {INSTALL_HINT}")
-        return path
-
-    def _exceptions(self, folder: str | os.PathLike, name: str) -> dict[str, list[str]]:
-        """An exception list (man 5 wndb): "inflected base [base...]" a line."""
-        lines = _read_text(self._file(folder, name)).split("\n")
-        return {fields[0]: fields[1:] for fields in (line.split() for line in lines) if len(fields) > 1}
-
-    def synset(self, offset: int) -> _Synset:
-        if offset not in self._synsets:
-            self._synsets[offset] = self.data.synset(offset, self.source)
-        return self._synsets[offset]
+    def synset(self, offset: int) -> Synset:
+        return self.files.synset(offset)
 
     def readings(self, form: str) -> list[tuple[str, bool]]:
         """(lemma, plural) readings of a lowercase form, its own lemma first ("glasses" are spectacles)."""
@@ -209,10 +192,21 @@ class _WordNet:
         return [(lemma, plural) for lemma, plural in found if lemma in self.senses]
 
     def concrete_sense(self, lemma: str) -> int | None:
-        """The first sense a photo could show; a group ("people", "herd") only when there is nothing else."""
-        kinds = [(offset, self.synset(offset).lex_filenum) for offset in self.senses[lemma]]
-        concrete = [o for o, kind in kinds if kind in _CONCRETE] or [o for o, kind in kinds if kind == _GROUP]
-        return concrete[0] if concrete else None
+        """The sense a caption's word is read in: the lemma's most frequent sense (index.noun lists it
+        first) when a photo could show it, a group ("people", "herd") only when no sense is concrete.
+        None when the everyday reading is something else, so that no rule rewrites the word: an
+        abstract sense ("wave": the ridge on water, not the hairdo; "sign": an indication, not a
+        billboard) or a specialist's one (a ';c' topic: "plate" is home plate in baseball). A plant
+        is read as its food where WordNet has both ("bananas": the fruit, not the tree)."""
+        offsets = self.senses[lemma]
+        kinds = [self.synset(offset).lex_filenum for offset in offsets]
+        if self.synset(offsets[0]).topics:
+            return None
+        if kinds[0] == _PLANT:
+            return next((o for o, kind in zip(offsets, kinds) if kind == _FOOD), offsets[0])
+        if kinds[0] in _CONCRETE or kinds[0] == _GROUP and not any(kind in _CONCRETE for kind in kinds):
+            return offsets[0]
+        return None
 
     def can_be_verb(self, form: str) -> bool:
         return form in self.verbs or form in self.verb_forms or any(

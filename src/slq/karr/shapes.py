@@ -28,9 +28,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..data import Record
+from ..data import Record, load_jsonl
 from ..data.shapes import (COLOUR_CLUES, COLOUR_MIXES, COLOURS, NUMBER_WORDS, SEEN_COLOUR_THINGS, SEEN_COUNT_CLUES,
-                           SEEN_SHAPE_CLUES, SHAPE_CLUES, SHAPES, plural)
+                           SEEN_SHAPE_CLUES, SHAPE_CLUES, SHAPES, plural, write_world)
+from .build import build_karr, write_karr
 from .core import Candidate, Rewrite, words
 
 _PLACES = ("top", "bottom", "left", "right", "above", "below", "centre", "middle")
@@ -250,10 +251,6 @@ def build_karr_shapes(out_dir: str | os.PathLike, *, seed: int = 0, progress: bo
     """KARR-Shapes as shipped (`KARR_SHAPES`): the test split of world 0 (the world slq-tiny-vl was
     pretrained on, never on this split), one rule rewrite per image, images copied beside the JSONL.
     Byte-for-byte the same on every run; a test checks the shipped files against it."""
-    from ..data import load_jsonl
-    from ..data.shapes import write_world
-    from .build import build_karr, write_karr
-
     with tempfile.TemporaryDirectory(prefix="slq-karr-world-") as tmp:
         world = write_world(tmp, n_train=1, n_val=1, progress=progress, **KARR_SHAPES_WORLD)
         test = load_jsonl(world["test"])
