@@ -53,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--backbone", type=Path, default=None, help="checkpoint folder (default: slq-tiny-vl)")
     p.add_argument("--out", type=Path, default=None, help="also write every answer here as JSON")
     p.set_defaults(func=run_probe)
+    from .karr_real import register_real
+    register_real(karr_sub)
 
 
 def run_build(args: argparse.Namespace) -> None:
