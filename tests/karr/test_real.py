@@ -10,7 +10,8 @@ import torch
 
 from slq.data import load_jsonl
 from slq.data.shapes import NUMBER_WORDS, write_world
-from slq.karr import SHAPES_ATTRIBUTES, validate
+from slq.errors import SettingError
+from slq.karr import SHAPES_ATTRIBUTES, control_dataset, validate
 from slq.karr.core import Candidate, Rewrite
 from slq.karr.real import (CHOICES, FACTS, KARR_REAL, KARR_REAL_WORLD, Fact, backbone_scorer, kept_facts,
                            probe_facts, probe_priors, probe_summary, real_rows, rebuild_real_karr)
@@ -53,7 +54,7 @@ def test_facts_are_well_formed():
     assert len({f.prompt for f in FACTS}) == len(FACTS)
     for fact in FACTS:
         assert fact.answer not in fact.clue.split() and fact.answer not in fact.prompt.split()
-    with pytest.raises(Exception):
+    with pytest.raises(SettingError):
         Fact("colour", "snow", "white", "cultural_symbolism", "The colour of snow is", "{} the colour of snow")
 
 
@@ -136,6 +137,7 @@ def test_shipped_karr_real_rebuilds_from_its_probe_table_without_the_lm(tmp_path
     rows = load_jsonl(KARR_REAL / "karr.jsonl").records
     assert rows and {r.meta["fact"]["subject"] for r in rows} <= kept
     assert summary["pairs"] == len(rows)
+    assert len(control_dataset(load_jsonl(KARR_REAL / "karr.jsonl"))) == len(rows)  # as `slq karr-bench` scores it
 
 
 def test_cli_karr_real_on_a_tiny_lm(tiny_dirs, tmp_path):

@@ -223,31 +223,33 @@ def _candidates(objects: Sequence[dict], facts: Sequence[Fact]) -> list[tuple[Ca
 
 def real_rows(records: Sequence[ImageRecord], facts: Sequence[Fact], *, seed: int = 0,
               source: str = "karr-real") -> KarrBuild:
-    """One row per record (its `objects` in meta), clue from one of `facts`: categories tried in a
-    balanced order (fewest rows so far first, ties by a seeded draw), each category's candidates in
-    a seeded order; the first the validator accepts is the row. Rejections are counted by reason."""
+    """One row per record (its `objects` in meta), clue from one of `facts`: the image's candidates
+    (every kept fact that fits one of its objects) tried least-used fact first, ties by a seeded
+    draw, and the first the validator accepts is the row; rejections are counted by reason.
+
+    Balanced over facts, not categories (KARR-Shapes balances categories): a model knows few facts
+    of some categories (one encyclopedic fact, say), and balancing categories would make that one
+    fact a third of the rows. So every kept fact is tested about equally often where the world
+    allows, and the categories follow from what the model knows."""
     build = KarrBuild([], source, seed, ["lm_facts"])
+    uses: Counter = Counter()  # fact subject -> rows
     for index, record in enumerate(records):
         rng = seeded_random("karr-real", seed, index)
-        candidates = _candidates(record.meta["objects"], facts)
-        order = sorted(dict.fromkeys(c.category for c, _ in candidates), key=lambda c: (build.accepted[c], rng.random()))
+        candidates = sorted(_candidates(record.meta["objects"], facts),
+                            key=lambda cf: (uses[cf[1].subject], rng.random()))
         chosen = None
-        for category in order:
-            pool = [(c, f) for c, f in candidates if c.category == category]
-            rng.shuffle(pool)
-            for candidate, fact in pool:
-                reason = validate(candidate.rewrites[0].span, candidate, ATTRIBUTES)
-                if reason is None:
-                    chosen = candidate, fact
-                    break
-                build.rejected.setdefault(category, Counter())[reason] += 1
-            if chosen is not None:
+        for candidate, fact in candidates:
+            reason = validate(candidate.rewrites[0].span, candidate, ATTRIBUTES)
+            if reason is None:
+                chosen = candidate, fact
                 break
+            build.rejected.setdefault(candidate.category, Counter())[reason] += 1
         if chosen is None:
             build.unrewritten += 1
             continue
         candidate, fact = chosen
         build.accepted[candidate.category] += 1
+        uses[fact.subject] += 1
         rewrite = candidate.rewrites[0]
         meta = {k: v for k, v in record.meta.items() if k != "knowledge_captions"}  # the world's own, unvalidated
         meta.update(source_caption=rewrite.span, category=candidate.category, rewriter="lm_facts",
