@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from slq.backbone import Backbone
 from slq.data.shapes import write_world
 from slq.errors import SLQError
+from slq.evaluation.capability import caption_attribute_accuracy
 from slq.recipes.gemma_vl import (GemmaVLConfig, VisionSettings, assemble, build_model, language_model_sha256,
                                   pretrain_gemma_vl)
 from slq.recipes.pretrain.tasks import IGNORE
@@ -76,6 +77,8 @@ def test_assembled_checkpoint_loads_as_a_gemma3_backbone(world, tiny_dirs, tmp_p
     assert (batch.input_ids == backbone.config.image_token_id).sum() == 4
     with torch.no_grad():
         assert torch.isfinite(backbone.forward(batch, torch.randn(2, backbone.hidden_size)).hidden).all()
+    accuracy = caption_attribute_accuracy(folder, world / "test.jsonl", limit=2, max_new_tokens=4, progress=False)
+    assert accuracy["n_images"] == 2 and len(accuracy["samples"]) == 2, "it captions, as the model card reports"
 
 
 def test_only_plain_caption_tasks_are_allowed():
@@ -84,3 +87,21 @@ def test_only_plain_caption_tasks_are_allowed():
     with pytest.raises(SLQError, match="tokens_per_image"):
         VisionSettings(tokens_per_image=5)
     assert IGNORE < 0
+
+
+@pytest.mark.slow
+def test_recipe_script_writes_what_slq_ships(tiny_dirs, tmp_path):
+    """scripts/pretrain_gemma_vl.py end to end on the tiny Gemma: the tower, its settings and a model card."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_gemma_vl.py"
+    spec = importlib.util.spec_from_file_location("pretrain_gemma_vl", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    assert script.main(["--out", str(out), "--work", str(tmp_path / "work"), "--lm", str(tiny_dirs["gemma3_text"]),
+                        "--steps", "1", "--batch-size", "2", "--n-train", "6", "--n-test", "2", "--threads", "1",
+                        "--tokens-per-image", "4"]) == 0
+    assert {p.name for p in out.iterdir()} == {"vision.safetensors", "gemma-vl.json", "README.md"}
+    card = (out / "README.md").read_text()
+    assert "frozen and unchanged" in card and "What it captions" in card
