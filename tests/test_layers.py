@@ -3,10 +3,14 @@
     0  errors, _version, _io, _compat        utilities
     1  data                                  records, formats, generated datasets
     2  the method (the flat modules)         backbone ... train, gguf, tiny
-    3  evaluation                            metrics, evaluators, comparisons
-    4  recipes                               demo, evidence, pretraining
-    5  cli                                   the command
+    3  index, karr, evaluation               built on the method, never imported by it: the search index
+                                             (embeds with a retriever), KARR's rewriting (its LM rewriter
+                                             runs a local LM through slq.gguf), metrics and comparisons
+    4  serve                                 the search service, over an index
+    5  recipes                               demo, evidence, pretraining, the benches
+    6  cli                                   the command
 
+The flat modules of the method may import each other; index, karr and evaluation never do.
 Read from the source (every import statement, wherever it stands), so a lazy import inside a
 function counts too.
 """
@@ -20,7 +24,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "slq"
 UTILITIES = {"errors", "_version", "_io", "_compat", "__init__"}
-LAYERS = {"data": 1, "evaluation": 3, "recipes": 4, "cli": 5, "__main__": 5}  # `python -m slq` is the CLI
+LAYERS = {"data": 1, "index": 3, "karr": 3, "evaluation": 3, "serve": 4, "recipes": 5, "cli": 6,
+          "__main__": 6}  # `python -m slq` is the CLI
 
 
 def layer(module: str) -> int:
@@ -73,13 +78,29 @@ def test_no_module_imports_a_layer_above_its_own(path):
     assert not above, f"{module_name(path)} (layer {own}) imports {above}"
 
 
+SIDE_BY_SIDE = ("index", "karr", "evaluation")  # layer 3: independent uses of the method
+
+
+def package_of(module: str) -> str:
+    """The first name under slq ("slq.index.build" -> "index")."""
+    return (module.split(".") + [""])[1]
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if package_of(module_name(p)) in SIDE_BY_SIDE],
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_uses_of_the_method_import_none_of_each_other(path):
+    own = package_of(module_name(path))
+    others = sorted(n for n in imported(path) if package_of(n) in SIDE_BY_SIDE and package_of(n) != own)
+    assert not others, f"{module_name(path)} imports {others}"
+
+
 def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     """A function-level, relative import of an upper layer is caught: the check is not empty."""
     fake = tmp_path / "fake.py"
     fake.write_text("import json\n\n\ndef f():\n    from ..cli import options\n    from .. import recipes\n")
     names = imported(fake, package="slq.data")
     assert {"slq.cli", "slq.cli.options", "slq.recipes"} <= names
-    assert max(layer(n) for n in names) == 5 > layer("slq.data.fake")
+    assert max(layer(n) for n in names) == layer("slq.cli") > layer("slq.data.fake")
 
 
 def test_loading_a_backbone_imports_no_tiny_builder_and_no_upper_layer():
@@ -92,7 +113,7 @@ def test_loading_a_backbone_imports_no_tiny_builder_and_no_upper_layer():
     assert "slq.tiny" not in loaded and "slq.evaluation" not in loaded and "slq.cli" not in loaded, loaded
 
 
-LIBRARY = [p for p in SOURCES if layer(module_name(p)) < 5]  # everything but the command
+LIBRARY = [p for p in SOURCES if layer(module_name(p)) < layer("slq.cli")]  # everything but the command
 
 
 @pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(PACKAGE)))

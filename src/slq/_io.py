@@ -7,6 +7,7 @@ backbone pulls in no tiny-model builder and no data loader.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import SLQError, one_line
+from .errors import SettingError, SLQError, one_line
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], object]) -> None:
@@ -101,15 +102,79 @@ def seeded_generator(namespace: str, *parts: object):
     return torch.Generator().manual_seed(seed_of(namespace, *parts) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def setting(default=None, help: str = "", *, factory=None, **metadata):
-    """A config dataclass field whose help text lives beside its default: the CLI builds its flag
-    from both (`slq.cli.options`), so neither is written twice. `metadata` may hold `choices` or
-    `cli=False` (no flag)."""
+def setting(default=None, help: str = "", *, factory=None, choices=None, minimum=None, maximum=None,
+            positive: bool = False, why: str = "", resumable: bool = False, **metadata):
+    """A config dataclass field whose help text and rules live beside its default: the CLI builds its
+    flag from them (`slq.cli.options`) and `check_settings` enforces the rules, so none is written twice.
+
+    Rules: `choices` (the allowed values), `minimum`/`maximum` (inclusive bounds), `positive` (> 0);
+    the annotation says what kind of value (`int`: an integer, `float`: a finite number, `bool`: true
+    or false; `| None` allows None too). `why`, when given, ends the error message. `resumable`: the
+    setting changes how a run computes or saves, not what it learns, so a resumed run may change it.
+    `metadata` may also hold `cli=False` (no flag).
+    """
     from dataclasses import field
 
+    rules = {"choices": choices, "minimum": minimum, "maximum": maximum, "positive": positive or None,
+             "why": why or None, "resumable": resumable or None}
+    metadata = {"help": help, **{k: v for k, v in rules.items() if v is not None}, **metadata}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_settings(config) -> None:
+    """Raise a SettingError naming the first field of the dataclass `config` that breaks its `setting`
+    rules, its value and what is allowed. A config's `__post_init__` calls it, then checks what
+    involves several fields. Fields without rules are not checked (a `bool` field always is)."""
+    from dataclasses import fields
+
+    for f in fields(config):
+        value = getattr(config, f.name)
+        rule = _broken_rule(f, value)
+        if rule is not None:
+            raise SettingError(f.name, value, rule)
+
+
+def _broken_rule(f, value) -> str | None:
+    """What `value` must be to fit field `f`'s rules, or None when it fits (or `f` has none)."""
+    meta = f.metadata
+    kinds = {part.strip() for part in (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+                                       ).split("|")}
+    optional = "None" in kinds
+    kind = next(iter(kinds - {"None"}), "") if len(kinds - {"None"}) == 1 else ""
+    if value is None and optional:
+        return None
+    if "choices" in meta:
+        allowed = [c for c in meta["choices"] if c is not None]
+        return None if value in meta["choices"] else f"must be one of {', '.join(map(str, allowed))}"
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    low, high, positive = meta.get("minimum"), meta.get("maximum"), meta.get("positive")
+    if low is None and high is None and not positive:
+        return None
+    integer = kind == "int"
+    if ((_is_int(value) if integer else _is_number(value)) and (low is None or value >= low)
+            and (high is None or value <= high) and (not positive or value > 0)):
+        return None
+    noun = "an integer" if integer else "a number"
+    if positive:
+        rule = f"must be a positive {noun.split()[-1]}"
+    elif low is not None and high is not None:
+        rule = f"must be {noun} in [{low}, {high}]"
+    elif low is not None:
+        rule = f"must be {noun} >= {low}"
+    else:
+        rule = f"must be {noun} <= {high}"
+    return rule + (" (or None)" if optional else "") + (f" ({meta['why']})" if meta.get("why") else "")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require_positive_int(name: str, value, *, optional: bool = False) -> None:
