@@ -159,7 +159,7 @@ def _broken_rule(f, value) -> str | None:
         return None
     noun = "an integer" if integer else "a number"
     if positive:
-        rule = f"must be a positive {noun.split()[-1]}"
+        rule = f"must be {noun} in (0, {high}]" if high is not None else f"must be a positive {noun.split()[-1]}"
     elif low is not None and high is not None:
         rule = f"must be {noun} in [{low}, {high}]"
     elif low is not None:
@@ -185,12 +185,6 @@ def require_positive_int(name: str, value, *, optional: bool = False) -> None:
         return
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
         raise SettingError(name, value, "must be an integer >= 1" + (" (or None)" if optional else ""))
-
-
-def require_positive_ints(config, *names: str, optional: tuple[str, ...] = ()) -> None:
-    """`require_positive_int` for each of `names`, fields of `config`; those in `optional` may be None."""
-    for name in names:
-        require_positive_int(name, getattr(config, name), optional=name in optional)
 
 
 def require_choice(name: str, value, choices) -> None:

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ._io import file_sha256, require_positive_int, setting
+from ._io import check_settings, file_sha256, setting
 from .data import Input, PairDataset, PairRecord
 from .encoder import Encoder
 from .errors import SettingError
@@ -52,31 +52,23 @@ SMALL_GROUP, SKIPPED = "small group", "skipped"  # why a pair got fewer than k n
 class MiningConfig:
     """How many negatives each pair gets, and which candidates are never one."""
 
-    k: int = setting(4, "hard negatives mined per pair")
+    k: int = setting(4, "hard negatives mined per pair", minimum=1)
     max_similarity: float = setting(0.95, "a candidate whose cosine to the pair's positive is at or above this is "
-                                          "a near-duplicate of the positive, not a negative, and is skipped")
+                                          "a near-duplicate of the positive, not a negative, and is skipped",
+                                    minimum=-1, maximum=1, why="a cosine")
     max_relative_score: float | None = setting(None, "skip a candidate the query scores above this fraction of "
                                                      "its positive's score: so close to the positive it may well "
                                                      "be right, a false negative (positive-aware mining, as "
-                                                     "NV-Retriever's 0.95; default: off)")
+                                                     "NV-Retriever's 0.95; default: off)", positive=True, maximum=1)
     group_by: str = setting("task", "a record field (e.g. the task): a pair's candidates come only from pairs with "
                                     "the same value of it (records without it form one group); \"\": one pool")
     keep_existing: bool = setting(False, "append the mined negatives after each record's own instead of replacing "
                                          "them (a candidate it already has is skipped; default: replace)")
 
     def __post_init__(self):
-        require_positive_int("k", self.k)
-        if not (isinstance(self.max_similarity, (int, float)) and not isinstance(self.max_similarity, bool)
-                and -1 <= self.max_similarity <= 1):
-            raise SettingError("max_similarity", self.max_similarity, "must be a cosine in [-1, 1]")
-        if self.max_relative_score is not None and not (
-                isinstance(self.max_relative_score, (int, float)) and not isinstance(self.max_relative_score, bool)
-                and 0 < self.max_relative_score <= 1):
-            raise SettingError("max_relative_score", self.max_relative_score, "must be a fraction in (0, 1], or none")
+        check_settings(self)
         if not isinstance(self.group_by, str):
             raise SettingError("group_by", self.group_by, "must be a record field name, or \"\" for one pool")
-        if not isinstance(self.keep_existing, bool):
-            raise SettingError("keep_existing", self.keep_existing, "must be true or false")
 
 
 @dataclass

@@ -96,7 +96,7 @@ def test_search_with_an_instruction_is_encode_querys(built, run_cli):
     (["index", "{tmp}/nothing", "--out", "{tmp}/i", "--backbone", "b", "--adapter", "{adapter}"],
      "expected a folder of images or a .jsonl"),
     (["index", "--out", "{tmp}/new"], "needs its source"),
-    (["index", "--out", "{idx}", "--target-recall", "2"], "--target-recall 2.0: must be in (0, 1]"),
+    (["index", "--out", "{idx}", "--target-recall", "2"], "--target-recall 2.0: must be a number in (0, 1]"),
 ])
 def test_mistakes_are_one_line_errors(built, tmp_path, capsys, args, message):
     from slq.cli import main

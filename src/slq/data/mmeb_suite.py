@@ -57,7 +57,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .._io import atomic_write, require_positive_ints, seeded_random, setting
+from .._io import atomic_write, check_settings, seeded_random, setting
 from ..errors import DataError, SettingError, SLQError
 from .jsonl import write_lines
 from .pairs import Input, PairRecord, write_pairs
@@ -90,19 +90,15 @@ _NAMED = re.compile(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})s?\b")
 class SuiteConfig:
     """How many queries, candidates and pairs the suite has, and its seed."""
 
-    n_eval: int = setting(100, "queries per eval dataset (fewer where the split has fewer records that fit)")
-    n_candidates: int = setting(20, "candidates per query of the retrieval and grounding datasets, positive included")
-    n_negatives: int = setting(3, "random negatives per training pair")
-    n_train_pairs: int = setting(400, "training pairs per task; val.jsonl gets a quarter as many")
+    n_eval: int = setting(100, "queries per eval dataset (fewer where the split has fewer records that fit)", minimum=1)
+    n_candidates: int = setting(20, "candidates per query of the retrieval and grounding datasets, positive included",
+                                minimum=2, why="the positive and at least one negative")
+    n_negatives: int = setting(3, "random negatives per training pair", minimum=0, why="0 writes pairs without negatives")
+    n_train_pairs: int = setting(400, "training pairs per task; val.jsonl gets a quarter as many", minimum=1)
     seed: int = setting(0, "seed of the suite's choices: records, captions, questions, candidates, negatives")
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, "n_eval", "n_train_pairs")
-        for name, least, why in (("n_candidates", 2, "the positive and at least one negative"),
-                                 ("n_negatives", 0, "0 writes pairs without negatives")):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
-                raise SettingError(name, value, f"must be an integer >= {least} ({why})")
+        check_settings(self)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise SettingError("seed", self.seed, "must be an integer")
 

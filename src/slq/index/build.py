@@ -27,13 +27,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .._io import atomic_write, file_sha256, require_choice, require_positive_int, setting
+from .._io import atomic_write, check_settings, file_sha256, setting
 from .._version import __version__
 from ..adapter import WEIGHTS_NAME, load_adapter
 from ..data.formats import load_jsonl
 from ..data.images import IMAGE_SUFFIXES
 from ..data.records import TextRecord, exc_reason
-from ..errors import SettingError, SLQError
+from ..errors import SLQError
 from . import ann, store
 
 logger = logging.getLogger("slq")
@@ -45,27 +45,20 @@ KINDS = ("images", "texts")
 class IndexConfig:
     """How `update_index` embeds and which search structure it builds."""
 
-    batch_size: int = setting(32, "items per forward pass, committed together (a kill loses at most one batch)")
-    max_image_mb: float = setting(64.0, "image files larger than this many MB are skipped")
-    max_image_pixels: int = setting(40_000_000, "images with more pixels are skipped (decompression bombs)")
+    batch_size: int = setting(32, "items per forward pass, committed together (a kill loses at most one batch)",
+                              minimum=1)
+    max_image_mb: float = setting(64.0, "image files larger than this many MB are skipped", positive=True)
+    max_image_pixels: int = setting(40_000_000, "images with more pixels are skipped (decompression bombs)", minimum=1)
     index_type: str = setting("auto", "search structure: auto (by size and memory, as autofaiss chooses), flat "
                                       "(exact), hnsw, ivf or ivfpq (compressed)", choices=ann.ANN_TYPES)
-    exact_max: int = setting(20_000, "auto: exact search up to this many items, approximate above")
+    exact_max: int = setting(20_000, "auto: exact search up to this many items, approximate above", minimum=1)
     memory_mb: int | None = setting(None, "auto: memory budget of the search structure in MB; vectors that "
-                                          "exceed it are compressed (default: half the machine's memory)")
+                                          "exceed it are compressed (default: half the machine's memory)", minimum=1)
     target_recall: float = setting(0.97, "an approximate index's search setting is tuned to this recall@10 "
-                                         "against exact search")
+                                         "against exact search", positive=True, maximum=1)
 
     def __post_init__(self):
-        require_positive_int("batch_size", self.batch_size)
-        require_positive_int("max_image_pixels", self.max_image_pixels)
-        require_positive_int("exact_max", self.exact_max)
-        require_positive_int("memory_mb", self.memory_mb, optional=True)
-        require_choice("index_type", self.index_type, ann.ANN_TYPES)
-        if not self.max_image_mb > 0:
-            raise SettingError("max_image_mb", self.max_image_mb, "must be > 0")
-        if not 0 < self.target_recall <= 1:
-            raise SettingError("target_recall", self.target_recall, "must be in (0, 1]")
+        check_settings(self)
 
 
 @dataclass

@@ -17,10 +17,10 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .._io import require_positive_ints, setting
+from .._io import check_settings, setting
 from ..data import load_jsonl
 from ..data.shapes import write_world
-from ..errors import SettingError, SLQError
+from ..errors import SLQError
 from ..evaluation.capability import capability_probe_for
 from ..evaluation.compare import compare, standard_methods
 from ..evaluation.report import save_comparison
@@ -41,24 +41,22 @@ DEMO_SEED = 0
 class DemoConfig:
     """The demo's settings; SLQ's were chosen on the world's validation split (docs/slq-tiny-vl.md)."""
 
-    n_train: int = setting(2000, "training images")
-    n_test: int = setting(200, "test images")
-    epochs: int = setting(10, "SLQ epochs")
-    num_queries: int = setting(64, "SLQ queries")
-    batch_size: int = setting(32, "pairs per step")
+    n_train: int = setting(2000, "training images", minimum=1)
+    n_test: int = setting(200, "test images", minimum=1)
+    epochs: int = setting(10, "SLQ epochs", minimum=1)
+    num_queries: int = setting(64, "SLQ queries", minimum=1)
+    batch_size: int = setting(32, "pairs per step", minimum=1)
     lr: float = setting(1e-2, "SLQ's peak learning rate")
     prompt_cache_mb: float = setting(4000, "RAM for prompts' keys/values kept across epochs (later epochs run "
                                            "only the queries)")
-    jobs: int = setting(2, "methods trained at once, in separate processes")
+    jobs: int = setting(2, "methods trained at once, in separate processes", minimum=1)
     capability_limit: int = setting(100, "test images on which each method's backbone is probed after training "
-                                         "(greedy captions and VQA answers scored); 0 = no probe")
+                                         "(greedy captions and VQA answers scored); 0 = no probe", minimum=0)
     seed: int = setting(DEMO_SEED, "seed of the world and of training (slq-tiny-vl was pretrained on world 0)",
                         cli=False)
 
     def __post_init__(self):
-        require_positive_ints(self, "n_train", "n_test", "epochs", "num_queries", "batch_size", "jobs")
-        if not (isinstance(self.capability_limit, int) and self.capability_limit >= 0):
-            raise SettingError("capability_limit", self.capability_limit, "must be an integer >= 0")
+        check_settings(self)
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,

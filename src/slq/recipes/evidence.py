@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, cache_root, require_positive_ints, setting
+from .._io import atomic_write, cache_root, check_settings, setting
 from ..data import load_jsonl
 from ..data.wordnet import DEFAULT_WORDNET_DIR, write_wordnet
-from ..errors import SettingError, SLQError
+from ..errors import SLQError
 from ..evaluation.capability import DefinitionCapability
 from ..evaluation.compare import baseline_config_for, compare, standard_methods, threads_per_method
 from ..evaluation.report import save_comparison
@@ -45,29 +45,27 @@ ROWS_FILE = "rows.json"  # each finished method's row, saved at once
 class EvidenceConfig:
     """The experiment's settings; the defaults are what the README's table reports."""
 
-    n_train: int = setting(4000, "training words (pairs)")
-    n_test: int = setting(500, "held-out words to retrieve among")
+    n_train: int = setting(4000, "training words (pairs)", minimum=1)
+    n_test: int = setting(500, "held-out words to retrieve among", minimum=1)
     n_val: int = setting(500, "validation words, where settings are chosen; every method is scored on them too, "
-                              "0 = none")
+                              "0 = none", minimum=0)
     seed: int = setting(0, "word split, query initialisation, batch order, random twin")
-    num_queries: int = setting(8, "SLQ queries (short texts: 8 beat 20 on the validation words, at half the cost)")
-    epochs: int = setting(3, "SLQ epochs (186 steps; about 12 minutes of training on 2 CPU cores)")
-    batch_size: int = setting(64, "pairs per step")
+    num_queries: int = setting(8, "SLQ queries (short texts: 8 beat 20 on the validation words, at half the cost)",
+                               minimum=1)
+    epochs: int = setting(3, "SLQ epochs (186 steps; about 12 minutes of training on 2 CPU cores)", minimum=1)
+    batch_size: int = setting(64, "pairs per step", minimum=1)
     lr: float = setting(2e-2, "SLQ's learning rate, chosen on the validation words")
     baseline_lr: float | None = setting(2e-4, "LoRA's learning rate (from Python, None: lr / 10)")
-    baseline_epochs: int | None = setting(1, "LoRA's epochs (from Python, None: as many as SLQ's)")
-    eval_batch_size: int = setting(64, "items per forward pass when evaluating")
+    baseline_epochs: int | None = setting(1, "LoRA's epochs (from Python, None: as many as SLQ's)", minimum=1)
+    eval_batch_size: int = setting(64, "items per forward pass when evaluating", minimum=1)
     prompt_cache_mb: float = setting(8000, "RAM for SLQ's prompt keys/values reused across epochs (about 3.5 GB "
                                            "for Gemma)")
     capability_limit: int = setting(200, "test words on which each method's backbone is probed after training "
-                                         "(the word from its definition, perplexity on the definitions); 0 = no probe")
+                                         "(the word from its definition, perplexity on the definitions); 0 = no probe",
+                                    minimum=0)
 
     def __post_init__(self):
-        require_positive_ints(self, "n_train", "n_test", "num_queries", "epochs", "batch_size", "eval_batch_size",
-                              "baseline_epochs", optional=("baseline_epochs",))
-        for name in ("n_val", "capability_limit"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise SettingError(name, getattr(self, name), "must be an integer >= 0")
+        check_settings(self)
 
     @property
     def prompt_cache_used_mb(self) -> float:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, require_positive_ints, setting
+from .._io import atomic_write, check_settings, setting
 from ..backbone import Backbone
 from ..data import load_jsonl
 from ..data.shapes import write_world
@@ -52,26 +52,24 @@ ROWS_FILE = "rows.json"
 class KarrBenchConfig:
     """The run's settings; SLQ's are the demo's (chosen on the world's validation split)."""
 
-    n_train: int = setting(2000, "training images (plain captions)")
-    n_test: int = setting(200, "plain test images (the demo's test split)")
-    epochs: int = setting(10, "SLQ epochs")
-    num_queries: int = setting(64, "SLQ queries")
-    batch_size: int = setting(32, "pairs per step")
+    n_train: int = setting(2000, "training images (plain captions)", minimum=1)
+    n_test: int = setting(200, "plain test images (the demo's test split)", minimum=1)
+    epochs: int = setting(10, "SLQ epochs", minimum=1)
+    num_queries: int = setting(64, "SLQ queries", minimum=1)
+    batch_size: int = setting(32, "pairs per step", minimum=1)
     lr: float = setting(1e-2, "SLQ's peak learning rate")
     baseline_lr: float = setting(1e-3, "LoRA's and full fine-tuning's peak learning rate (SLQ's / 10)")
-    baseline_epochs: int = setting(10, "LoRA's and full fine-tuning's epochs")
+    baseline_epochs: int = setting(10, "LoRA's and full fine-tuning's epochs", minimum=1)
     prompt_cache_mb: float = setting(4000, "RAM for SLQ's prompt keys/values kept across epochs")
-    capability_limit: int = setting(100, "test images each method's backbone is probed on after training; 0 = none")
-    eval_batch_size: int = setting(64, "items per forward pass when evaluating")
-    jobs: int = setting(2, "methods trained at once, in separate processes")
+    capability_limit: int = setting(100, "test images each method's backbone is probed on after training; 0 = none",
+                                    minimum=0)
+    eval_batch_size: int = setting(64, "items per forward pass when evaluating", minimum=1)
+    jobs: int = setting(2, "methods trained at once, in separate processes", minimum=1)
     seed: int = setting(DEMO_SEED, "seed of the world and of training (slq-tiny-vl was pretrained on world 0)",
                         cli=False)
 
     def __post_init__(self):
-        require_positive_ints(self, "n_train", "n_test", "epochs", "num_queries", "batch_size", "baseline_epochs",
-                              "eval_batch_size", "jobs")
-        if not (isinstance(self.capability_limit, int) and self.capability_limit >= 0):
-            raise SettingError("capability_limit", self.capability_limit, "must be an integer >= 0")
+        check_settings(self)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(num_queries=self.num_queries, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, require_positive_ints, setting
+from .._io import atomic_write, check_settings, setting
 from ..data import load_pairs, write_pairs
 from ..data.mmeb import load_mmeb
 from ..data.mmeb_suite import write_mmeb_suite
@@ -50,14 +50,14 @@ MINED_FILE = "train_mined.jsonl"
 class MMEBBenchConfig:
     """The run's settings; the defaults are what the README's table reports."""
 
-    n_train_pairs: int = setting(200, "training pairs per task of the mixture (7 tasks)")
-    n_eval: int = setting(100, "queries per evaluation dataset (validation and test)")
-    n_candidates: int = setting(20, "candidates per query of the retrieval and grounding datasets")
-    num_queries: int = setting(64, "SLQ queries")
-    epochs: int = setting(10, "SLQ epochs (validation overall hit@1: 25.1 at 3, 49.0 at 10)")
-    batch_size: int = setting(32, "pairs per step")
+    n_train_pairs: int = setting(200, "training pairs per task of the mixture (7 tasks)", minimum=1)
+    n_eval: int = setting(100, "queries per evaluation dataset (validation and test)", minimum=1)
+    n_candidates: int = setting(20, "candidates per query of the retrieval and grounding datasets", minimum=2)
+    num_queries: int = setting(64, "SLQ queries", minimum=1)
+    epochs: int = setting(10, "SLQ epochs (validation overall hit@1: 25.1 at 3, 49.0 at 10)", minimum=1)
+    batch_size: int = setting(32, "pairs per step", minimum=1)
     lr: float = setting(1e-2, "SLQ's peak learning rate (validation: 3e-3 scored 18.7 to 1e-2's 25.1 at 3 epochs)")
-    mined: int = setting(3, "negatives mined per pair by the first SLQ adapter")
+    mined: int = setting(3, "negatives mined per pair by the first SLQ adapter", minimum=1)
     max_similarity: float = setting(0.95, "a mined candidate this close (cosine) to the pair's positive is taken "
                                           "for a copy of it and skipped")
     max_relative_score: float | None = setting(0.95, "positive-aware mining: a candidate the query scores above "
@@ -66,19 +66,16 @@ class MMEBBenchConfig:
     hard_negatives: int = setting(1, "of those, drawn into the loss per pair and step (the *_hard_negatives rows)")
     baseline_lr: float = setting(1e-3, "LoRA's peak learning rate (validation: 1e-4 scored 16.0 to 1e-3's 30.4 at "
                                        "3 epochs)")
-    baseline_epochs: int = setting(10, "LoRA's epochs (as many as SLQ's; validation: 16.9 at 1, 30.4 at 3)")
+    baseline_epochs: int = setting(10, "LoRA's epochs (as many as SLQ's; validation: 16.9 at 1, 30.4 at 3)", minimum=1)
     prompt_cache_mb: float = setting(4000, "RAM for SLQ's prompt keys/values kept across epochs")
-    eval_batch_size: int = setting(64, "items per forward pass when evaluating and mining")
+    eval_batch_size: int = setting(64, "items per forward pass when evaluating and mining", minimum=1)
     world_images: tuple[int, int, int] = setting((2000, 200, 500), "train/val/test images of the world (the "
                                                  "default world slq-tiny-vl was pretrained on)", cli=False)
     seed: int = setting(DEMO_SEED, "seed of the world, the suite and training (slq-tiny-vl was pretrained on "
                                    "world 0)", cli=False)
 
     def __post_init__(self):
-        require_positive_ints(self, "n_train_pairs", "n_eval", "num_queries", "epochs", "batch_size", "mined",
-                              "baseline_epochs", "eval_batch_size")
-        if not (isinstance(self.n_candidates, int) and self.n_candidates >= 2):
-            raise SettingError("n_candidates", self.n_candidates, "must be an integer >= 2")
+        check_settings(self)
         if not (isinstance(self.hard_negatives, int) and 1 <= self.hard_negatives <= self.mined):
             raise SettingError("hard_negatives", self.hard_negatives, f"must be an integer in [1, mined={self.mined}]")
 
