@@ -13,7 +13,7 @@ EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
 WORDNET := /usr/share/wordnet/data.noun
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo evidence mmeb karr clean
+.PHONY: install test test-fast demo evidence mmeb karr clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q --durations=10  # the ten slowest tests, to keep the suite within 10 minutes
+
+# The inner loop: ruff, then every test not marked slow (end-to-end runs of the CLI, long trainings); a few
+# minutes on 2 cores. `make test` (and CI) still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 demo: $(STAMP)
 	$(BIN)/slq demo --out runs/demo
