@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -45,6 +46,7 @@ def _worker(rank: int, world_size: int, init_file: str, backbone: str, data: str
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_global_batch(tiny_dirs, shapes_jsonl, tmp_path):
     out = str(tmp_path / "queries")
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tiny_dirs["qwen2_vl"]), str(shapes_jsonl), out),
@@ -61,6 +63,7 @@ def test_two_processes_train_like_one_with_the_global_batch(tiny_dirs, shapes_js
     assert torch.allclose(rank0["queries"], single.queries.weight.detach(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchrun_cli_writes_one_adapter_like_a_single_process(tiny_dirs, shapes_jsonl, tmp_path):
     """`torchrun --nproc-per-node 2 -m slq.cli train` on the CPU (gloo) equals one process with the global batch."""
     import subprocess

@@ -128,6 +128,7 @@ def _killed_worker(rank: int, world_size: int, init_file: str, backbone: str, ou
     embed_corpus(encoder, TEXTS, out, kind="texts", piece_size=2, progress=False)
 
 
+@pytest.mark.slow
 def test_a_killed_distributed_run_resumes_on_one_process_without_loss_or_duplicates(encoder, tiny_dirs, tmp_path,
                                                                                    monkeypatch):
     out = tmp_path / "emb.npy"

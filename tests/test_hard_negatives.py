@@ -97,6 +97,7 @@ def test_training_on_pairs_with_negatives_lowers_the_loss(tiny_dirs, shapes_json
     assert math.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"] - 0.03
 
 
+@pytest.mark.slow
 def test_slq_train_reads_pair_jsonl(tiny_dirs, shapes_jsonl, tmp_path):
     records = load_jsonl(shapes_jsonl).records
     path = tmp_path / "pairs.jsonl"

@@ -148,6 +148,7 @@ def test_a_saved_sentence_transformer_loads_with_its_adapter(retriever, images, 
 
 # --- MTEB ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mteb_encoder_follows_the_protocol_on_text_image_and_fused_batches(mteb, retriever, images):
     from torch.utils.data import DataLoader
 

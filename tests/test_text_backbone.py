@@ -111,6 +111,7 @@ def test_random_twin_of_a_text_backbone(tiny_dirs, tmp_path):
     assert not torch.equal(twin.input_embeddings.weight, original.input_embeddings.weight)
 
 
+@pytest.mark.slow
 def test_isolated_compare_reports_peak_memory(tiny_dirs, pairs_jsonl):
     """Two methods, one process each, both at once (the evidence test runs all five methods so, on this
     backbone, through `slq evidence`)."""

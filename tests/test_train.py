@@ -377,6 +377,7 @@ def test_kept_prompts_are_copies_not_views_of_their_batch(backbones):
         assert used[next(iter(tiers))] > 0 and sum(used.values()) == used[next(iter(tiers))], (tiers, used)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_training(tiny_dirs, shapes_jsonl):
     """--compile changes how the language model runs, not what it computes (the backbone stays frozen)."""
     data = load_jsonl(shapes_jsonl)

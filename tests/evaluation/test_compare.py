@@ -29,6 +29,7 @@ def test_random_twin_has_same_architecture_other_weights(tiny_dirs, tmp_path):
     assert copy.text_batch(["a cat"]).input_ids.tolist() == original.text_batch(["a cat"]).input_ids.tolist()
 
 
+@pytest.mark.slow
 def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     data = load_jsonl(shapes_jsonl)
     report = compare(tiny_dirs["llava"], data, standard_methods(METHODS, TrainConfig(num_queries=4, batch_size=8)),
@@ -47,6 +48,7 @@ def test_compare_reports_every_method(tiny_dirs, shapes_jsonl):
     assert report["methods"]["slq_random_init"]["weights_sha256"] != report["backbone_sha256"]
 
 
+@pytest.mark.slow
 def test_validation_data_is_scored_beside_the_test(tiny_dirs, shapes_jsonl, tmp_path):
     """Settings are chosen on --val: each method's val recall is its own encoder scored on the val data."""
     data = load_jsonl(shapes_jsonl)
@@ -114,7 +116,7 @@ def test_unknown_method_is_refused():
         Method("mean", "mean", TrainConfig())
 
 
-@pytest.mark.parametrize("isolate", [False, True])
+@pytest.mark.parametrize("isolate", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_every_failed_method_is_reported_and_the_others_finish(tiny_dirs, shapes_jsonl, isolate):
     """Two methods that cannot train (batch larger than the data) both fail; the zero-shot row still lands,
     also when each method runs in a process of its own (the errors cross back whole)."""
@@ -129,6 +131,7 @@ def test_every_failed_method_is_reported_and_the_others_finish(tiny_dirs, shapes
     assert "method slq failed" in str(failed.value) and "method lora failed" in str(failed.value)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_smoke(tmp_path):
     """The `make demo` pipeline at a few steps: world, tiny backbone, four methods, report and plot."""
     run_demo(tmp_path, backbone_dir="random", n_train=64, n_test=16, epochs=1, batch_size=16, num_queries=4,
@@ -159,6 +162,7 @@ def test_demo_pipeline_smoke(tmp_path):
     assert (tmp_path / "gallery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_compare_cli_scores_val_and_refuses_the_test_data_as_val(tiny_dirs, shapes_jsonl, tmp_path):
     from helpers import slq
 

@@ -128,6 +128,7 @@ def test_evaluate_mmeb_averages_datasets_per_meta_task_and_overall(tmp_path):
     assert "| ImageNet-1K | classification | 3 | 3 | 33.3 | 100.0 |" in table and "**overall**" in table
 
 
+@pytest.mark.slow
 def test_slq_eval_mmeb_end_to_end(tiny_dirs, shapes_jsonl, tmp_path):
     folder = _mmeb_folder(tmp_path / "mmeb")
     backbone = tiny_dirs["qwen2_vl"]

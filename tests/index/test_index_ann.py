@@ -40,7 +40,7 @@ def test_ivf_lists_leave_enough_training_points(n):
     assert nlist >= 1 and nlist & (nlist - 1) == 0 and (nlist * 39 <= n or nlist == 1)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", pytest.param("ivfpq", marks=pytest.mark.slow)])
 def test_each_structure_returns_item_ids_and_meets_its_recall_target(kind):
     vectors = clustered(3000)
     ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are not row numbers

@@ -127,6 +127,7 @@ def test_a_place_turned_round_is_a_changed_attribute():
     assert validate(source, rule, SHAPES_ATTRIBUTES) is None
 
 
+@pytest.mark.slow
 def test_breakdown_script_scores_each_category_and_clue_set_against_its_control(tiny_dirs, tmp_path):
     """scripts/karr_breakdown.py as the docs run it: a row per (category, clue set), KARR beside its control."""
     import json

@@ -37,6 +37,7 @@ def world(tmp_path_factory):
                        progress=False)
 
 
+@pytest.mark.slow
 def test_shipped_checkpoint_still_names_colours(world):
     """The capability check of the model card, on a slice of the test split: the colours its greedy
     captions name are in the image (a random twin names one at chance, about a third)."""
@@ -44,6 +45,7 @@ def test_shipped_checkpoint_still_names_colours(world):
     assert accuracy["colour"] >= 0.9, accuracy
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_shipped_backbone_by_default(tmp_path, caplog):
     with caplog.at_level("INFO", logger="slq"):
         report = run_demo(tmp_path, n_train=32, n_test=16, epochs=1, batch_size=16, num_queries=4, progress=False)

@@ -1,6 +1,7 @@
 """`slq karr-bench` end to end on a tiny backbone: plain, KARR and control scores per method, recall per
 category and clue set, the knowledge probe, capability and hashes, and rows kept across reruns."""
 
+import pytest
 import json
 
 from slq.cli import main
@@ -9,6 +10,7 @@ from slq.data import load_jsonl
 from slq.karr import SHAPES_ATTRIBUTES, ShapesRewriter, build_karr, write_karr
 
 
+@pytest.mark.slow
 def test_karr_bench_writes_every_table(tiny_dirs, tmp_path, capsys):
     world = write_world(tmp_path / "w", n_train=1, n_val=1, n_test=12, progress=False)
     write_karr(build_karr(load_jsonl(world["test"]), [ShapesRewriter()], attributes=SHAPES_ATTRIBUTES),

@@ -11,6 +11,8 @@ import pytest
 from slq.data import load_pairs
 from slq.recipes.mmeb import MINED_FILE, format_mmeb_comparison, run_mmeb_bench
 
+pytestmark = pytest.mark.slow  # one small bench run (a module fixture) behind every test
+
 SMALL = {"world_images": (30, 12, 16), "n_train_pairs": 4, "n_eval": 3, "n_candidates": 4, "epochs": 1,
          "batch_size": 4, "num_queries": 2, "mined": 2, "hard_negatives": 1, "eval_batch_size": 16,
          "max_similarity": 1.0, "max_relative_score": None}  # a random tiny model puts every input close to every other

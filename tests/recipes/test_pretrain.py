@@ -64,6 +64,7 @@ def _collator(model_dir: Path, world: Path) -> tuple[Collator, GenerativeData]:
     return collate, GenerativeData(records, knowledge, held_out, PretrainConfig().mixture)
 
 
+@pytest.mark.slow
 def test_labels_cover_only_the_answer(run, world):
     collate, data = _collator(run[0], world)
     tok = collate.tokenizer
@@ -96,6 +97,7 @@ def test_word_dropout_only_on_caption_and_paraphrase_answers(world):
     assert 0.7 < dropped < 0.9, f"about 80% of answer inputs dropped, got {dropped:.2f}"
 
 
+@pytest.mark.slow
 def test_batch_inputs_match_the_images(run, world):
     collate, data = _collator(run[0], world)
     batch = collate([Example(0, ""  , "a"), Example(None, "x", "y"), Example(3, "how many stars are there?", "zero")])
@@ -108,11 +110,13 @@ def test_batch_inputs_match_the_images(run, world):
     assert torch.isfinite(collate.model(**batch).loss)
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(run):
     history = run[1].history
     assert history[-1]["loss"] < history[0]["loss"] - 1.0, f"loss did not fall: {history}"
 
 
+@pytest.mark.slow
 def test_two_steps_are_deterministic(world, tmp_path, init):
     config = PretrainConfig(steps=3, **FAST)
     a = pretrain(tmp_path / "a", world, config, work_dir=_work(init, tmp_path / "wa"), progress=False)
@@ -122,6 +126,7 @@ def test_two_steps_are_deterministic(world, tmp_path, init):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "same seed, same weights"
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_like_a_download(run, world):
     from slq.backbone import Backbone
 
@@ -166,6 +171,7 @@ def test_caption_scorer():
     assert score_caption("", objects) == {k: [0, 0] for k in ("colour", "shape", "pair", "count")}
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(world, tmp_path, init):
     config = PretrainConfig(steps=3, **dict(FAST, save_every=2))
     whole = pretrain(tmp_path / "whole", world, config, work_dir=_work(init, tmp_path / "work"), progress=False)
@@ -190,6 +196,7 @@ def test_resume_continues_exactly(world, tmp_path, init):
         "torch's global settings are restored, also after a failure"
 
 
+@pytest.mark.slow
 def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
     before = load_file(init / "model.safetensors")
     visual = [k for k in before if k.startswith("visual.")]
@@ -206,6 +213,7 @@ def test_vision_tower_has_its_own_learning_rate(world, tmp_path, init):
             f"{name}: the language model still learns"
 
 
+@pytest.mark.slow
 def test_merger_scale_and_pixel_statistics_reach_the_checkpoint(world, tmp_path, init):
     config = PretrainConfig(steps=1, **dict(FAST, stages=[], lr=1e-9, merger_init_scale=0.25, image_mean=[0.9, 0.9, 0.9],
                                             image_std=[0.2, 0.2, 0.2]))
@@ -219,6 +227,7 @@ def test_merger_scale_and_pixel_statistics_reach_the_checkpoint(world, tmp_path,
     assert torch.allclose(end, 0.25 * start, atol=1e-6), "the merger's output layer starts scaled"
 
 
+@pytest.mark.slow
 def test_feature_health_sees_a_collapsed_tower(run, world):
     from slq.backbone import Backbone
 
@@ -326,6 +335,7 @@ def test_model_card_names_word_dropout_only_when_it_was_used():
     assert "word dropout: in 50% of caption" in card and "probability 0.8" in card
 
 
+@pytest.mark.slow
 def test_recipe_sweep_script_scores_each_variant_on_validation(tmp_path):
     """scripts/pretrain_sweep.py as a user runs it: one row per (variant, seed), a failed variant named."""
     import subprocess

@@ -305,6 +305,7 @@ def test_bad_queries_are_clear_4xx(client):
 
 # --- under load -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bounded_load_without_errors_or_growth(client, server, collection):
     image = collection.test_images[0].read_bytes()
 
@@ -481,6 +482,7 @@ def test_the_servers_instruction_is_the_default_and_a_request_may_drop_it(server
 
 # --- the command and its library function -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_slq_serve_command(collection, reference, tmp_path):
     log = tmp_path / "serve.log"
     indexes = [str(collection.indexes[name]) for name in ("shapes-alt", "notes")]
