@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..._io import atomic_write, require_positive_ints, save_folder, setting
+from ..._io import atomic_write, check_settings, save_folder, setting
 from ...errors import SettingError, SLQError
 from ...train import load_optimizer_tensors, optimizer_tensors
 from ..pretrain.loop import _load_images, _load_world_text
@@ -44,26 +44,24 @@ class GemmaVLConfig:
     """Settings of one slq-gemma-vl pretraining run; stored beside the weights."""
 
     seed: int = setting(0, "vision initialisation and every batch")
-    steps: int = setting(600, "optimizer steps")
-    batch_size: int = setting(16, "captioned images per step")
-    lr: float = setting(1e-3, "peak AdamW learning rate (cosine decay to a tenth after the warmup)")
+    steps: int = setting(600, "optimizer steps", minimum=1)
+    batch_size: int = setting(16, "captioned images per step", minimum=1)
+    lr: float = setting(1e-3, "peak AdamW learning rate (cosine decay to a tenth after the warmup)", positive=True)
     warmup_steps: int = setting(30, "linear warmup steps")
     weight_decay: float = setting(0.05, "AdamW weight decay")
     grad_clip: float = setting(1.0, "clip the gradient's global norm to this")
     mixture: dict = setting(None, f"task -> share of examples, over {', '.join(PLAIN_TASKS)} only (plain captions)",
                             factory=lambda: {"caption": 0.5, "listing": 0.5})
     save_every: int = setting(25, "steps between resumable checkpoints (0: none)")
-    threads: int = setting(2, "torch threads: a run is reproducible bit for bit for a given count")
+    threads: int = setting(2, "torch threads: a run is reproducible bit for bit for a given count", minimum=1)
     vision: VisionSettings = setting(None, "the vision tower and projector", factory=VisionSettings)
 
     def __post_init__(self):
-        require_positive_ints(self, "steps", "batch_size", "threads")
+        check_settings(self)
         if not (isinstance(self.mixture, dict) and self.mixture and set(self.mixture) <= set(PLAIN_TASKS)
                 and all(v >= 0 for v in self.mixture.values()) and sum(self.mixture.values()) > 0):
             raise SettingError("mixture", self.mixture, f"must map some of {', '.join(PLAIN_TASKS)} to shares, "
                                                         "not all zero (no knowledge task: the tower sees plain captions)")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise SettingError("lr", self.lr, "must be a positive number")
         if isinstance(self.vision, dict):
             object.__setattr__(self, "vision", VisionSettings(**{k: tuple(v) if isinstance(v, list) else v
                                                                  for k, v in self.vision.items()}))
