@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import pytest
-from PIL import Image, ImageDraw
+# Bit-exact resume tests need MKL's strict reproducibility (see slq.cli), set before torch loads.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import pytest  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from slq.backbone import Backbone
 from slq.tiny import TINY_FAMILIES, build_tiny_model

@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from .._version import __version__
-from ..errors import EXIT_USAGE, SLQError
-from . import compare, data, encode, index, karr, mine, pilot, recipes, serve, tiny, train
-from .options import flag_of
+# MKL picks its kernels by the memory alignment of each buffer on AVX-512 machines, so the same
+# batch can differ in its last bit from one run to the next; a killed `slq train`, `embed` or `index`
+# then would not resume to exactly what an uninterrupted run gives. Strict conditional numerical
+# reproducibility fixes that; it must be set before torch loads MKL (a user's own value wins).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+from .._version import __version__  # noqa: E402  (after MKL's setting, before anything imports torch)
+from ..errors import EXIT_USAGE, SLQError  # noqa: E402
+from . import compare, data, encode, index, karr, mine, pilot, recipes, serve, tiny, train  # noqa: E402
+from .options import flag_of  # noqa: E402
 
 COMMAND_GROUPS = (train, encode, index, mine, serve, compare, pilot, recipes, data, karr, tiny)
 
