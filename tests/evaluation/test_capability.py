@@ -17,11 +17,11 @@ from slq.data import ImageTextDataset, TextRecord, load_jsonl
 from slq.data.shapes import write_world
 from slq.errors import DataError
 from slq.evaluation.capability import (CaptionLossCapability, DefinitionCapability, ShapesCapability,
-                                       answer_accuracy, capability_probe_for, continuation_nll, first_word,
-                                       weights_sha256)
+                                       answer_accuracy, capability_probe_for, first_word, weights_sha256)
 from slq.evaluation.compare import compare, standard_methods
 from slq.evaluation.report import format_table3, save_comparison
 from slq.evaluation.retrieval import RetrievalEvaluator
+from slq.generation import continuation_nll
 from slq.train import TrainConfig
 
 

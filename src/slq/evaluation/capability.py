@@ -1,7 +1,8 @@
 """What a backbone can still do generatively, the capability a retriever's training must not take
 away: greedy captions of the shapes world scored against the records' objects, the health of the
 image tokens the language model reads, and the probes `slq.evaluation.compare` runs on each method's
-backbone after training (with the hash that says whether its weights moved at all)."""
+backbone after training (with the hash that says whether its weights moved at all). The generation
+itself is `slq.generation`'s."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..data import ImageTextDataset
 from ..data.shapes import COLOURS, NUMBER_WORDS, SHAPES, SIZES, plural, vqa_pairs
 from ..data.wordnet import DIRECTIONS as WORDNET_DIRECTIONS
 from ..errors import DataError
+from ..generation import continuation_nll, generate, generate_captions
 
 
 _NUMBERS = {w: i for i, w in enumerate(NUMBER_WORDS)}
@@ -65,59 +67,6 @@ def score_caption(caption: str, objects: Sequence[dict]) -> dict[str, list[int]]
         if w in ("object", "objects", "shape", "shapes") and i > 0 and words[i - 1] in _NUMBERS:
             mark("count", len(objects) == _NUMBERS[words[i - 1]])
     return score
-
-
-@torch.no_grad()
-def generate(backbone: Backbone, batch: PrefixBatch, *, max_new_tokens: int = 32) -> list[str]:
-    """Greedy continuations of prompts (each row stops at the end token).
-
-    No key/value cache: the models probed are small, and recomputing the positions (M-RoPE too)
-    over the whole sequence each step keeps them exactly as in training.
-    """
-    ids, mask = batch.input_ids, batch.attention_mask  # (B, L), left padded
-    end = backbone.tokenizer.convert_tokens_to_ids(backbone.tokenizer.eos_token)
-    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
-    new: list[torch.Tensor] = []
-    for _ in range(max_new_tokens):
-        logits = backbone.forward(PrefixBatch(ids, mask, batch.model_inputs), logits_to_keep=1).logits  # (B, 1, V)
-        token = logits[:, -1].argmax(-1)  # (B,)
-        token = torch.where(done, torch.full_like(token, end), token)
-        new.append(token)
-        done |= token == end
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if done.all():
-            break
-    out = torch.stack(new, dim=1).tolist()  # (B, T)
-    return [backbone.tokenizer.decode(row[: row.index(end)] if end in row else row, skip_special_tokens=True).strip()
-            for row in out]
-
-
-def generate_captions(backbone: Backbone, images: Sequence[Image.Image], *, max_new_tokens: int = 32) -> list[str]:
-    """Greedy captions, prompted exactly as slq prompts an image (user: the image; assistant: …)."""
-    return generate(backbone, backbone.image_batch(list(images)), max_new_tokens=max_new_tokens)
-
-
-@torch.no_grad()
-def continuation_nll(backbone: Backbone, batch: PrefixBatch, continuations: Sequence[Sequence[int]]) -> tuple[float, int]:
-    """Summed negative log-likelihood of each row's continuation token ids after its prompt,
-    teacher-forced, and how many tokens it covers.
-
-    The continuations are right-padded after the left-padded prompts: a causal model never lets a
-    real token see the padding after it, and the family's positions count real tokens only.
-    """
-    width = max(len(c) for c in continuations)
-    assert width > 0, "every continuation is empty: nothing to score"
-    pad = backbone.tokenizer.pad_token_id
-    device = batch.input_ids.device
-    tail = torch.tensor([list(c) + [pad] * (width - len(c)) for c in continuations], device=device)  # (B, C)
-    tail_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in continuations], device=device)  # (B, C)
-    ids = torch.cat([batch.input_ids, tail], dim=1)  # (B, L+C)
-    mask = torch.cat([batch.attention_mask, tail_mask.to(batch.attention_mask.dtype)], dim=1)
-    logits = backbone.forward(PrefixBatch(ids, mask, batch.model_inputs), logits_to_keep=width + 1).logits
-    logits = logits[:, :-1].float()  # (B, C, V): the state before each continuation token predicts it
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tail, reduction="none")  # (B, C)
-    return (nll * tail_mask).sum().item(), int(tail_mask.sum())
 
 
 @torch.no_grad()

@@ -86,7 +86,7 @@ def world_probes(seed: int = 0, image_size: int = 64) -> list[Probe]:
 @torch.no_grad()
 def _answer(backbone, probe: Probe, max_new_tokens: int, image_size: int) -> str:
     from ..backbone import PrefixBatch
-    from .capability import generate
+    from ..generation import generate
 
     if probe.form == "recall":  # a bare user turn, left open and continued: how the corpus was learnt
         turn = backbone.tokenizer.apply_chat_template(

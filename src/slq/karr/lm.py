@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..data import Record
-from ..errors import SettingError, SLQError
+from ..errors import SettingError
 from .core import Candidate, Rewrite, Rewriter
 
 logger = logging.getLogger("slq")
@@ -110,24 +110,6 @@ class LMRewriter:
         return self.answers[key]
 
     def _load(self, checkpoint: Path) -> Callable[[str], str]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ..generation import causal_lm_generator
 
-        if checkpoint.suffix.lower() == ".gguf":
-            from ..gguf import convert_gguf
-
-            checkpoint = convert_gguf(checkpoint)
-        if not checkpoint.is_dir():
-            raise SLQError(f"{checkpoint}: no checkpoint folder or GGUF file for the LM rewriter")
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-        stop = tokenizer.eos_token_id
-
-        @torch.no_grad()
-        def generate(prompt: str) -> str:
-            inputs = tokenizer(prompt, return_tensors="pt")
-            out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop)
-            return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-        return generate
+        return causal_lm_generator(checkpoint, max_new_tokens=self.max_new_tokens, purpose="the LM rewriter")

@@ -13,8 +13,8 @@ are trained: only next-token prediction, never a contrastive objective.
 what SLQ elicits. What was learnt on the way, with the numbers: docs/slq-tiny-vl.md.
 """
 
-from ...evaluation.capability import (caption_attribute_accuracy, generate_captions, score_caption,
-                                      vision_feature_health)
+from ...evaluation.capability import caption_attribute_accuracy, score_caption, vision_feature_health
+from ...generation import generate_captions
 from .card import model_card
 from .config import (MODEL_OVERRIDES, TASKS, VOCAB_SIZE, WORLD_PIXEL_MEAN, WORLD_PIXEL_STD, PretrainConfig,
                      image_processor_overrides, mixture_at, model_overrides)
