@@ -1,4 +1,5 @@
-"""Small utilities every layer shares: safe writes, slq's cache folder, checksums, seeded streams.
+"""Small utilities every layer shares: safe writes, slq's cache folder, checksums, seeded streams,
+this process's peak memory.
 
 Kept in one private module that imports nothing else of slq but `errors`, so that loading a
 backbone pulls in no tiny-model builder and no data loader.
@@ -10,6 +11,7 @@ import hashlib
 import math
 import os
 import random
+import resource
 import shutil
 import tempfile
 import uuid
@@ -81,6 +83,24 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: what a comparison's isolated method and every
+    benchmark worker report as its peak.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: a spawned process is forked from its parent before it
+    execs Python, and ru_maxrss keeps the fork's high-water mark, so a child of a 3 GB parent would
+    report at least 3 GB whatever it used itself.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux and BSD: KiB
 
 
 def seed_of(namespace: str, *parts: object) -> int:

@@ -187,7 +187,7 @@ def test_an_isolated_method_reports_its_own_peak_memory_not_its_parents():
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from slq.evaluation.compare import peak_rss_mb
+    from slq._io import peak_rss_mb
 
     ballast = bytearray(600 * 2**20)  # a parent far larger than the child will be
     ballast[:: 4096] = b"\1" * len(ballast[:: 4096])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Protocol
 
 import torch
 
+from .._io import peak_rss_mb
 from ..backbone import Backbone
 from ..baselines import PooledEncoder, add_lora, unfreeze_language_model
 from .capability import CapabilityProbe, measure_capability, weights_sha256
@@ -225,23 +225,6 @@ def _untouched_isolated(threads: int, *args, **load) -> dict:
     as the methods' are (another thread count may sum in another order)."""
     torch.set_num_threads(threads)
     return untouched_backbone(*args, **load)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    Linux's VmHWM, not getrusage's ru_maxrss: a spawned process is forked from its parent before it
-    execs Python, and ru_maxrss keeps the fork's high-water mark, so a child of a 3 GB parent would
-    report at least 3 GB whatever it used itself.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)  # kB
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux and BSD: KiB
 
 
 class MethodsFailed(SLQError):
