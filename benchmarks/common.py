@@ -1,10 +1,12 @@
-"""Shared by the benchmarks: the default random model, inputs, memory sampling, one process per method.
+"""Shared by the benchmarks: the default random model, inputs, memory sampling, one process per method,
+latency percentiles.
 
 Timings on shared CPUs are noisy, so every benchmark measures all its methods in one run, on the
 same model and inputs, and reports ratios; each method runs in its own process so that peak memory
 is its own. On CPU "memory" is the peak resident set above the process's level just before the
 timed steps (weights and libraries excluded, optimizer state and activations included), sampled
-every millisecond; on CUDA it is torch's peak allocated bytes above the same level.
+every millisecond; on CUDA it is torch's peak allocated bytes above the same level. A worker's whole
+peak (its own high-water mark, not its parent's) is `slq._io.peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,6 +32,7 @@ DEFAULT_OVERRIDES = {
     "vision_config": {"hidden_size": 512, "embed_dim": 64, "num_heads": 4},
 }
 DEFAULT_IMAGE_SIDE = 448
+K = 10  # hits per search in the search benchmarks
 CAPTION = "a small red triangle above a large blue circle next to two green squares on a white table"
 
 
@@ -173,3 +177,40 @@ def run_workers(script: str, methods: list[str], argv: list[str], rounds: int = 
             result["step_seconds"] = median(result["all_seconds"])
             results[method] = result
     return results
+
+
+def run_worker(script: str, argv: list[str], extra: list[str]) -> dict:
+    """Run `script --worker argv… extra…` in its own process and return the JSON line it prints last;
+    its progress goes to our stderr. A worker that fails comes back as {"failed": …}, so one size or
+    part that cannot run does not lose the others."""
+    proc = subprocess.run([sys.executable, script, "--worker", *argv, *extra], stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"failed": f"worker {Path(script).name} {' '.join(extra)} exited with {proc.returncode}"}
+    return json.loads(lines[-1])
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def memory_available() -> int:
+    """MemAvailable from /proc/meminfo, in bytes (0 when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def percentiles(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "n": len(seconds)}
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)

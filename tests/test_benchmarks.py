@@ -82,30 +82,39 @@ def test_large_batch_reports_the_targets_ratios(tmp_path):
     assert runs["slq_run"]["prompt_cache"]["hits"] == 8, "the second epoch ran on the kept prompts"
 
 
-def test_search_speed_reports_recall_latency_and_the_server(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_speed.py"), "--sizes", "1000,3000",
-                           "--exact-max", "2000", "--gemm-rows", "256",  # slq's own 20000 is test_index_ann's
-                           "--dim", "32", "--queries", "40", "--clusters", "20", "--rank", "8", "--warmup", "2",
-                           "--max-seconds", "1", "--workdir", str(tmp_path), "--e2e", "--e2e-items", "300",
-                           "--e2e-real", "8", "--e2e-requests", "10", "--e2e-seconds", "1"],
+def _script(script: str, tmp_path: Path, *args) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--workdir", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not list(tmp_path.iterdir()), "temporary files are removed"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_ann_speed_reports_recall_and_latency(tmp_path):
+    summary = _script("ann_speed.py", tmp_path, "--sizes", "1000,3000",
+                      "--exact-max", "2000", "--gemm-rows", "256",  # slq's own 20000 is test_index_ann's
+                      "--dim", "32", "--queries", "40", "--clusters", "20", "--rank", "8", "--warmup", "2",
+                      "--max-seconds", "1")
     sizes = summary["results"]["ann"]
     assert [(r["size"], r["choice"]["kind"]) for r in sizes] == [(1000, "flat"), (3000, "hnsw")]  # slq's auto choice
     for r in sizes:
         assert 0 < r["ann"]["recall_at_10"] <= 1 and r["ann"]["n"] > 0 and r["exact"]["n"] > 0
         assert r["exact"]["p99_ms"] >= r["exact"]["p50_ms"] > 0 and r["gemm_gflops"] > 0
+        assert 0 < r["peak_rss_gib"] < 4, "the size's own peak (VmHWM), not its parent's"
     assert sizes[0]["ann"]["recall_at_10"] == 1.0, "exact search against itself"
     assert sizes[1]["ann"]["tuned_recall_at_10"] is not None and sizes[1]["ann"]["setting"] > 0
     assert set(summary["recall_met"]) == {"1000", "3000"}
+
+
+def test_serve_speed_reports_the_server_end_to_end(tmp_path):
+    summary = _script("serve_speed.py", tmp_path, "--warmup", "2", "--e2e-items", "300", "--e2e-real", "8",
+                      "--e2e-requests", "10", "--e2e-seconds", "1")
     e2e = summary["results"]["e2e"]
     assert e2e["items"] == 300 and e2e["real_items"] == 8 and e2e["dim"] == 192
     assert set(e2e["sequential"]["statuses"]) == {"200"} and e2e["sequential"]["hits_per_response"] == 10
     assert e2e["concurrent"]["requests"] > 0 and e2e["concurrent"]["server_errors_5xx"] == 0
     assert {"embed", "index_search", "ann_search"} <= set(e2e["split"])
     assert isinstance(summary["e2e_p50_met"], bool) and isinstance(summary["e2e_p99_met"], bool)
-    assert not list(tmp_path.iterdir()), "temporary files are removed"
 
 
 def test_default_size_reports_the_cost_of_bigger_defaults(tmp_path):

@@ -162,7 +162,7 @@ def _tune(ann: Ann, vectors: np.ndarray, target: float, seed: int) -> tuple[int,
 
     The queries are indexed vectors, each left out of its own answers (a point always finds itself,
     which would flatter the graph); real queries (texts against images) may lie farther from the
-    data, which `benchmarks/search_speed.py` measures.
+    data, which `benchmarks/ann_speed.py` measures.
     """
     faiss = faiss_module()
     rng = np.random.default_rng(seed)
