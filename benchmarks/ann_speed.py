@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import K, fmt, log, memory_available, percentiles, run_worker  # noqa: E402
+from common import K, fmt, log, search_args, memory_available, percentiles, run_worker  # noqa: E402
 from slq._io import peak_rss_mb  # noqa: E402
 
 TARGET_RECALL = 0.95  # ANN recall@10 of exact, the target
@@ -307,11 +307,9 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.8, help="within-cluster variation, norm (default 0.8)")
     parser.add_argument("--noise", type=float, default=0.2, help="isotropic noise, norm (default 0.2)")
     parser.add_argument("--shift", type=float, default=0.5, help="pull of the centres to a shared direction (0.5)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kind", default="auto", help="index type given to ann.choose (default auto: what slq picks)")
     parser.add_argument("--exact-max", type=int, default=20_000, help="ann.choose's exact_max (slq's default 20000)")
     parser.add_argument("--target-recall", type=float, default=0.97, help="ann.build's tuning target (slq's 0.97)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before each timed series")
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="time spent on one method's single-query series at most (default 60)")
     parser.add_argument("--max-build-minutes", type=float, default=60.0,
@@ -323,16 +321,11 @@ def main() -> None:
                         help="vectors larger than this live in a memory-mapped file, so the page cache can drop them")
     parser.add_argument("--min-free-mb", type=float, default=1024,
                         help="stop a size when the machine's available memory falls below this (default 1024)")
-    parser.add_argument("--workdir", default=None, help="folder for temporary files (default: the system's)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(ann_worker(args)))
+    args = search_args(parser, ann_worker)
+    if args is None:
         return
-
     began = time.perf_counter()
-    print(f"machine: {os.cpu_count()} CPUs, {memory_available() / 2**30:.1f} GiB available")
     results: dict = {"cpus": os.cpu_count(), "vectors": describe_mixture(args), "ann": []}
     print(f"vectors: {results['vectors']}")
     for n in (int(s) for s in args.sizes.split(",") if s.strip()):

@@ -11,6 +11,7 @@ peak (its own high-water mark, not its parent's) is `slq._io.peak_rss_mb`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -188,6 +189,22 @@ def run_worker(script: str, argv: list[str], extra: list[str]) -> dict:
     if proc.returncode != 0 or not lines:
         return {"failed": f"worker {Path(script).name} {' '.join(extra)} exited with {proc.returncode}"}
     return json.loads(lines[-1])
+
+
+def search_args(parser: argparse.ArgumentParser, worker) -> argparse.Namespace | None:
+    """A search benchmark's arguments, with the options they share (seed, warm-up, temporary
+    folder, and the hidden --worker that `run_worker` starts them with). In a worker, runs
+    `worker(args)`, prints its JSON line and returns None; in the driver, prints the machine."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before each timed series")
+    parser.add_argument("--workdir", default=None, help="folder for temporary files (default: the system's)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return None
+    print(f"machine: {os.cpu_count()} CPUs, {memory_available() / 2**30:.1f} GiB available")
+    return args
 
 
 def log(message: str) -> None:

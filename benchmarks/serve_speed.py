@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import K, fmt, log, memory_available, percentiles, run_worker  # noqa: E402
+from common import K, fmt, log, search_args, percentiles, run_worker  # noqa: E402
 
 TARGET_P50_MS, TARGET_P99_MS = 20.0, 60.0  # `/search` with a text query at 100K items
 
@@ -303,9 +303,6 @@ def report(results: dict, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup", type=int, default=20, help="untimed requests before the timed series")
-    parser.add_argument("--workdir", default=None, help="folder for temporary files (default: the system's)")
     parser.add_argument("--e2e-items", type=int, default=100_000, help="index rows (default 100000)")
     parser.add_argument("--e2e-real", type=int, default=2000, help="real shapes images embedded (default 2000)")
     parser.add_argument("--e2e-queries", type=int, default=64, help="latent queries of the untrained adapter")
@@ -315,14 +312,10 @@ def main() -> None:
                         help="torch threads in the server's process (default 0: torch's own choice)")
     parser.add_argument("--e2e-clients", type=int, default=4, help="concurrent clients (default 4)")
     parser.add_argument("--e2e-seconds", type=float, default=15.0, help="length of the concurrent run (default 15)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(e2e_worker(args)))
+    args = search_args(parser, e2e_worker)
+    if args is None:
         return
-
     began = time.perf_counter()
-    print(f"machine: {os.cpu_count()} CPUs, {memory_available() / 2**30:.1f} GiB available")
     print("index: real shapes-world images embedded by update_index on the default backbone, grown to "
           f"{args.e2e_items} rows with copies of their vectors plus noise of norm {args.e2e_jitter}, "
           "re-normalised (each row points at the image it copies), search structure rebuilt by _ensure_ann; "
