@@ -56,7 +56,7 @@ def _default_backbone() -> Path:
 
 def run_pilot(args: argparse.Namespace) -> None:
     from ..evaluation.pilot import format_pilot, pilot_encoders, read_pilot
-    from ..evaluation.pilot import run_pilot as run
+    from ..recipes.pilot import run_pilot as run
 
     pilot = read_pilot(args.texts, args.images)  # a bad file fails before the model loads
     if args.adapter is None:

@@ -10,12 +10,11 @@ row by row, whether a pooling reaches past surface matching to what the model kn
 `builtin_pilot` is such a set on the shapes world (its scenes and texts are world facts:
 `slq.data.shapes.PILOT_SCENES`, `pilot_texts`), every clue a fact of its knowledge corpus; users
 give their own texts and images (`read_pilot`). `pilot_scores` scores, `format_pilot` makes the
-table, `plot_pilot` the heat map, `run_pilot` all of it into a folder (`slq pilot`).
+table, `plot_pilot` the heat map; `slq.recipes.pilot.run_pilot` does all of it into a folder (`slq pilot`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -318,21 +317,3 @@ def plot_pilot(result: dict, path: str | os.PathLike, images: Sequence[ImageInpu
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130))
     plt.close(fig)
     return path
-
-
-def run_pilot(out_dir: str | os.PathLike, encoders: Mapping[str, Encoder], pilot: PilotSet | None = None, *,
-              batch_size: int = 32, progress: bool | None = None) -> dict:
-    """Score `pilot` (default: `builtin_pilot()`) under `encoders` and write `pilot.json`,
-    `table.txt` and `pilot.png` (if matplotlib is there; else a warning says so) into `out_dir`;
-    returns the result."""
-    pilot = pilot if pilot is not None else builtin_pilot()
-    result = pilot_scores(encoders, pilot, batch_size=batch_size, progress=progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "pilot.json", json.dumps(result, indent=2) + "\n")
-    atomic_write(out / "table.txt", format_pilot(result) + "\n")
-    try:
-        plot_pilot(result, out / "pilot.png", pilot.images)
-    except ImportError:
-        logger.warning("matplotlib is not installed: no pilot.png (pip install matplotlib)")
-    return result
