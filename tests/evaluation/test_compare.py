@@ -210,3 +210,54 @@ def test_comparison_table_prints_recall_per_category():
     row = next(line for line in table.splitlines() if line.startswith("slq ") and "/" in line)
     assert row.split()[1:] == ["5.0", "/", "7.0", "15.0", "/", "25.0"]
     assert "zero_shot_mean" in table.split("per category:")[1]  # a method without categories shows dashes
+
+
+def test_compare_resumes_from_the_rows_it_saved(tiny_dirs, shapes_jsonl, tmp_path, monkeypatch):
+    """With `resume`, each finished row is written at once; a rerun with the same settings keeps it
+    (nothing recomputed), one with other settings recomputes, and other methods' rows stay in the file."""
+    import slq.evaluation.compare as compare_module
+    from slq.evaluation.evaluator import SavedRows
+
+    data = load_jsonl(shapes_jsonl)
+    methods = standard_methods(["zero_shot_mean"], TrainConfig())
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps({"other": {"settings": {}, "row": {"t2i": {}}}}))
+    first = compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data)], progress=False,
+                    resume=SavedRows(rows, {"zero_shot_mean": {"batch": 8}}))
+    saved = json.loads(rows.read_text())
+    assert set(saved) == {"other", "zero_shot_mean"} and saved["zero_shot_mean"]["settings"] == {"batch": 8}
+    ran = []
+    real = compare_module.run_method
+    monkeypatch.setattr(compare_module, "run_method", lambda method, *a, **k: ran.append(method.name) or real(method, *a, **k))
+    again = compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data)], progress=False,
+                    resume=SavedRows(rows, {"zero_shot_mean": {"batch": 8}}))
+    assert ran == [] and again["methods"] == first["methods"]
+    compare(tiny_dirs["llava"], data, methods, [RetrievalEvaluator(data)], progress=False,
+            resume=SavedRows(rows, {"zero_shot_mean": {"batch": 16}}))
+    assert ran == ["zero_shot_mean"] and json.loads(rows.read_text())["zero_shot_mean"]["settings"] == {"batch": 16}
+
+
+def test_every_evaluator_names_its_primary_metric(tiny_dirs, shapes_jsonl):
+    """Retrieval, MMEB, the capability probes and the knowledge probe follow one contract: a name, a
+    primary metric found in what they return, and (for encoders' evaluators) what a report says of them."""
+    from slq.data.mmeb import MMEBTask
+    from slq.evaluation.capability import CaptionLossCapability
+    from slq.evaluation.evaluator import primary_score
+    from slq.evaluation.knowledge import KnowledgeProbe, world_probes
+    from slq.evaluation.mmeb import MMEBEvaluator
+
+    data = load_jsonl(shapes_jsonl)
+    backbone = Backbone.load(tiny_dirs["llava"])
+    encoder = PooledEncoder(backbone, "mean", one_word_prompt=False)
+    retrieval = RetrievalEvaluator(data, "karr")
+    assert retrieval.primary_metric == "t2i/R@1" and retrieval.describe()["dataset"] == data.name
+    assert primary_score(retrieval, retrieval(encoder, False)) >= 0
+    from slq.data.pairs import Input
+
+    texts = [Input(r.captions[0]) for r in data.records[:3]]
+    mmeb = MMEBEvaluator([MMEBTask("toy", "retrieval", texts, [texts, texts[::-1], texts[1:] + texts[:1]])])
+    assert 0 <= primary_score(mmeb, mmeb(encoder, False)) <= 100 and mmeb.describe()["dataset"] == "toy"
+    probe = CaptionLossCapability.from_dataset(data, 2)
+    assert primary_score(probe, probe(backbone)) > 0
+    knowledge = KnowledgeProbe(tuple(world_probes())[:2], max_new_tokens=1)
+    assert knowledge.name == "knowledge" and 0 <= primary_score(knowledge, knowledge(backbone)) <= 1

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -160,9 +160,12 @@ def caption_attribute_accuracy(model_dir: str | os.PathLike, test_jsonl: str | o
 class CapabilityProbe(Protocol):
     """Measures a generative capability of a backbone as it is now (a method's trained weights
     active): flat scores by name, None where a score is undefined. `name` says which probe made
-    them in a report. Probes are picklable, so isolated methods run them in their own process."""
+    them in a report, `primary_metric` which score is its headline (the evaluator contract of
+    `slq.evaluation.evaluator`, on a backbone). Probes are picklable, so isolated methods run them
+    in their own process."""
 
     name: str
+    primary_metric: str
 
     def __call__(self, backbone: Backbone) -> dict[str, float | None]: ...
 
@@ -206,6 +209,7 @@ class ShapesCapability:
     batch_size: int = 16
     max_new_tokens: int = 32
     name: str = "shapes"
+    primary_metric: ClassVar[str] = "caption_attributes"
 
     @classmethod
     def from_dataset(cls, dataset: ImageTextDataset, limit: int | None = None, **settings) -> ShapesCapability:
@@ -256,6 +260,7 @@ class DefinitionCapability:
     prompt: str = DEFINITION_PROMPT
     batch_size: int = 16
     name: str = "definitions"
+    primary_metric: ClassVar[str] = "word_from_definition"
 
     @classmethod
     def from_dataset(cls, dataset: ImageTextDataset, limit: int | None = None, **settings) -> DefinitionCapability:
@@ -291,6 +296,7 @@ class CaptionLossCapability:
     pairs: tuple[tuple[str, str, str], ...]  # (kind "image" or "text", image path or text, caption)
     batch_size: int = 16
     name: str = "caption_loss"
+    primary_metric: ClassVar[str] = "caption_perplexity"
 
     @classmethod
     def from_dataset(cls, dataset: ImageTextDataset, limit: int | None = None, **settings) -> CaptionLossCapability:

@@ -1,7 +1,8 @@
 """The trade-off table from one call: each method trained and evaluated on the same data.
 
 A comparison is a list of `Method`s (what to build, and how it trains) and a list of evaluators
-(callables that score an encoder; the first is the primary one, whose recall makes the table).
+(`slq.evaluation.evaluator.Evaluator`: retrieval, KARR-Shapes, MMEB; the first is the primary one,
+whose scores make the table).
 The standard methods, by the report's names:
 
     zero_shot_last_token  last state under the one-word-summary prompt (E5-V), no training
@@ -28,38 +29,26 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from .._io import peak_rss_mb
 from ..backbone import Backbone
 from ..baselines import PooledEncoder, add_lora, unfreeze_language_model
-from .capability import CapabilityProbe, measure_capability, weights_sha256
 from ..data import ImageTextDataset
 from ..encoder import Encoder
 from ..errors import SettingError, SLQError
 from ..families import family_for
 from ..retriever import SLQRetriever
 from ..train import TrainConfig, train
+from .capability import CapabilityProbe, measure_capability, weights_sha256
+from .evaluator import Evaluator, SavedRows
 
 logger = logging.getLogger("slq")
 
 METHODS = ("zero_shot_last_token", "zero_shot_mean", "slq", "slq_random_init", "lora", "full_ft")
 ENCODERS = ("slq", "last_token_one_word", "mean", "lora", "full_ft")  # what `Method.encoder` may name
 _TRAINED_ENCODERS = {"slq", "lora", "full_ft"}
-
-
-class Evaluator(Protocol):
-    """Scores an encoder on a dataset; `name` keys its results in the report (`RetrievalEvaluator` is
-    one). Its result's entries that are mappings (one per direction) go into the row."""
-
-    name: str
-    dataset: ImageTextDataset
-    directions: tuple[str, str]
-    ties: str  # how its recall counts tied scores: "average" or "strict" (`slq.evaluation.metrics`)
-
-    def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -241,20 +230,22 @@ class MethodsFailed(SLQError):
 def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, methods: Sequence[Method],
             evaluators: Sequence[Evaluator], *, progress: bool | None = None, isolate: bool = False, jobs: int = 1,
             done: dict | None = None, on_row: Callable[[str, dict], None] | None = None,
-            keep_adapters: str | os.PathLike | None = None, capability: CapabilityProbe | None = None,
-            **load) -> dict:
+            resume: SavedRows | None = None, keep_adapters: str | os.PathLike | None = None,
+            capability: CapabilityProbe | None = None, **load) -> dict:
     """Train (where a method trains) and evaluate every method; returns the report.
 
     `isolate` runs each method in a process of its own, so each row also gets an honest
     `peak_memory_mb` (the process's peak RSS); `jobs` such processes run at once, sharing this
     process's torch threads (on a CPU, where one process scales poorly past a core, two at a time
     nearly halve the wall time). Rows in `done` (method name -> row, from an interrupted run) are
-    kept, not recomputed; `on_row(name, row)` is called as each row is finished, so a caller can
-    save it; `keep_adapters` keeps trained SLQ adapters (`run_method`); `capability` probes every
-    method's backbone after training and, once, the untouched backbone (a zero-shot row's backbone is
-    the untouched one: its measurement serves, else a fresh load is measured). A method that fails does not
-    stop the others; afterwards every failure is reported (`MethodsFailed` when all are user errors,
-    else the first bug's traceback, naming the rest).
+    kept, not recomputed; `on_row(name, row)` is called as each row is finished; `resume` (a rows
+    file, `SavedRows`) keeps the rows an earlier run saved with the same settings and saves each
+    row as it is finished, so a rerun skips what was written; `keep_adapters` keeps trained SLQ
+    adapters (`run_method`); `capability` probes every method's backbone after training and, once,
+    the untouched backbone (a zero-shot row's backbone is the untouched one: its measurement serves,
+    else a fresh load is measured). A method that fails does not stop the others; afterwards every
+    failure is reported (`MethodsFailed` when all are user errors, else the first bug's traceback,
+    naming the rest).
 
     `load` (dtype, device, trust_remote_code) goes to every backbone load.
     """
@@ -269,11 +260,18 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
         raise SettingError("jobs", jobs, f"must be 1, or more with isolate (isolate={isolate})")
     backbone_dir = Path(backbone_dir)
     rows = {name: row for name, row in (done or {}).items() if name in names}
+    if resume is not None:
+        kept = {name: row for name, row in resume.kept().items() if name in names and name not in rows}
+        if kept:
+            logger.info("      kept from an earlier run with the same settings: %s (%s)", ", ".join(kept), resume.path)
+        rows.update(kept)
     todo = sorted((m for m in methods if m.name not in rows), key=lambda m: m.train is None)  # long ones first
     failures: dict[str, BaseException] = {}
 
     def finished(name: str, row: dict) -> None:
         rows[name] = row
+        if resume is not None:
+            resume.save(name, row)
         if on_row is not None:
             on_row(name, row)
 
@@ -334,13 +332,12 @@ def _raise_failures(failures: dict[str, BaseException]) -> None:
 def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset, evaluators: Sequence[Evaluator],
             untouched: dict, capability: CapabilityProbe | None) -> dict:
     primary, *others = evaluators
+    described = primary.describe()
     report = {
         "methods": {m.name: _report_row(rows[m.name], untouched, capability is not None and not m.random_init)
                     for m in methods},
-        "directions": list(primary.directions),
-        "chance_R@1": 1 / len(primary.dataset),
-        "ties": primary.ties,
-        "test": primary.dataset.name,
+        **{k: v for k, v in described.items() if k != "dataset"},  # retrieval: directions, chance_R@1, ties
+        "test": described["dataset"],
         "train": train_data.name,
         "method_settings": {m.name: {"encoder": m.encoder, "random_init": m.random_init,
                                      "train": asdict(m.train) if m.train else None} for m in methods},
@@ -349,7 +346,7 @@ def _report(methods: Sequence[Method], rows: dict, train_data: ImageTextDataset,
     if capability is not None:
         report["capability"] = {"probe": capability.name, "untouched": untouched.get("capability")}
     if others:  # nested, so no evaluator's name can clash with the report's own keys
-        report["evaluations"] = {ev.name: {"dataset": ev.dataset.name, "methods": {
+        report["evaluations"] = {ev.name: {"dataset": ev.describe()["dataset"], "methods": {
             m.name: rows[m.name]["evaluations"][ev.name] for m in methods
             if ev.name in rows[m.name].get("evaluations", {})}} for ev in others}
     return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -128,6 +129,21 @@ def probe_knowledge(backbone, probes: Sequence[Probe] | None = None, *, max_new_
     by_form = {form: round(sum(r["correct"] for r in rows if r["form"] == form)
                            / max(1, sum(r["form"] == form for r in rows)), 4) for form in FORMS}
     return {"accuracy": accuracy, "by_form": by_form, "n_probes": len(rows), "answers": rows}
+
+
+@dataclass(frozen=True)
+class KnowledgeProbe:
+    """`probe_knowledge` as an evaluator of a backbone (`slq.evaluation.evaluator`): its primary
+    metric is `link`'s accuracy, the form a KARR caption needs."""
+
+    probes: tuple[Probe, ...] | None = None  # None: `world_probes()`
+    max_new_tokens: int = 4
+    image_size: int = 64
+    name: str = "knowledge"
+    primary_metric: ClassVar[str] = "by_form/link"
+
+    def __call__(self, backbone) -> dict:
+        return probe_knowledge(backbone, self.probes, max_new_tokens=self.max_new_tokens, image_size=self.image_size)
 
 
 def format_knowledge(result: dict) -> str:

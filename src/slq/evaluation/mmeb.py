@@ -105,10 +105,17 @@ def _rank(meta_task: str) -> int:
 
 
 class MMEBEvaluator:
-    """hit@1 on MMEB-format tasks, for `slq.evaluation.compare.run_method` (a row per method)."""
+    """hit@1 on MMEB-format tasks, as one of `slq.evaluation.compare`'s evaluators (a row per
+    method); its primary metric is the overall mean."""
+
+    primary_metric = "overall/hit@1"
 
     def __init__(self, tasks: list[MMEBTask], name: str = "mmeb", *, batch_size: int = 32, ties: str = "average"):
         self.tasks, self.name, self.batch_size, self.ties = tasks, name, batch_size, check_ties(ties)
+
+    def describe(self) -> dict:
+        """What a comparison's report records of it: the tasks' names and the tie rule."""
+        return {"ties": self.ties, "dataset": ", ".join(task.name for task in self.tasks)}
 
     def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict:
         return evaluate_mmeb(encoder, self.tasks, batch_size=self.batch_size, show_progress_bar=progress,

@@ -48,8 +48,9 @@ def evaluate(encoder: Encoder, dataset: ImageTextDataset, *, batch_size: int = 3
 class RetrievalEvaluator:
     """Recall@K both ways on one dataset, as one of `slq.evaluation.compare`'s evaluators.
 
-    `name` keys its results in a comparison's report ("test", "validation", …); `ties` is the rule
-    for tied scores, "average" or "strict" (`slq.evaluation.metrics`).
+    `name` keys its results in a comparison's report ("test", "validation", "karr", …); `ties` is the
+    rule for tied scores, "average" or "strict" (`slq.evaluation.metrics`). Its primary metric is
+    R@1 in the dataset's forward direction ("t2i/R@1" unless the dataset names its own).
     """
 
     def __init__(self, dataset: ImageTextDataset, name: str = "test", *, batch_size: int = 32,
@@ -60,6 +61,16 @@ class RetrievalEvaluator:
     @property
     def directions(self) -> tuple[str, str]:
         return self.dataset.directions
+
+    @property
+    def primary_metric(self) -> str:
+        return f"{self.directions[0]}/R@1"
+
+    def describe(self) -> dict:
+        """What a comparison's report records of it: the directions, chance R@1 (one target in all of
+        them), the tie rule and the dataset's name."""
+        return {"directions": list(self.directions), "chance_R@1": 1 / len(self.dataset), "ties": self.ties,
+                "dataset": self.dataset.name}
 
     def __call__(self, encoder: Encoder, progress: bool | None = None) -> dict:
         return evaluate(encoder, self.dataset, batch_size=self.batch_size, ks=self.ks, show_progress_bar=progress,

@@ -38,11 +38,12 @@ DEMO_SEED = 0
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """The demo's settings; SLQ's were chosen on the world's validation split (docs/slq-tiny-vl.md)."""
+class ShapesRunConfig:
+    """What `make demo` and `slq karr-bench` share: the shapes world they train on, SLQ's training
+    (chosen on the world's validation split, docs/slq-tiny-vl.md), the processes and the probe."""
 
-    n_train: int = setting(2000, "training images", minimum=1)
-    n_test: int = setting(200, "test images", minimum=1)
+    n_train: int = setting(2000, "training images (plain captions)", minimum=1)
+    n_test: int = setting(200, "test images (the world's plain test split)", minimum=1)
     epochs: int = setting(10, "SLQ epochs", minimum=1)
     num_queries: int = setting(64, "SLQ queries", minimum=1)
     batch_size: int = setting(32, "pairs per step", minimum=1)
@@ -57,6 +58,16 @@ class DemoConfig:
 
     def __post_init__(self):
         check_settings(self)
+
+    def train_config(self) -> TrainConfig:
+        """SLQ's training settings."""
+        return TrainConfig(num_queries=self.num_queries, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                           seed=self.seed, prompt_cache_mb=self.prompt_cache_mb)
+
+
+@dataclass(frozen=True)
+class DemoConfig(ShapesRunConfig):
+    """The demo's settings: `ShapesRunConfig`'s, nothing more."""
 
 
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
@@ -87,8 +98,6 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
         logger.info("[2/4] backbone: slq-tiny-vl, slq's pretrained default (%s)", backbone_dir)
     else:
         logger.info("[2/4] backbone: %s", backbone_dir)
-    train_config = TrainConfig(num_queries=config.num_queries, epochs=config.epochs, batch_size=config.batch_size,
-                               lr=config.lr, seed=config.seed, prompt_cache_mb=config.prompt_cache_mb)
     logger.info("[3/4] training and evaluating: %s%s", ", ".join(DEMO_METHODS),
                 f" ({config.jobs} at a time, in separate processes)" if config.jobs > 1 else "")
 
@@ -98,7 +107,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *,
 
     test = load_jsonl(world["test"])
     probe = capability_probe_for(test, config.capability_limit) if config.capability_limit else None
-    report = compare(backbone_dir, load_jsonl(world["train"]), standard_methods(DEMO_METHODS, train_config),
+    report = compare(backbone_dir, load_jsonl(world["train"]), standard_methods(DEMO_METHODS, config.train_config()),
                      [RetrievalEvaluator(test)], progress=progress, isolate=config.jobs > 1, jobs=config.jobs,
                      on_row=done, keep_adapters=out / "adapters", capability=probe)
     report["backbone"] = str(backbone_dir)

@@ -22,12 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, cache_root, check_settings, setting
+from .._io import cache_root, check_settings, setting
 from ..data import load_jsonl
 from ..data.wordnet import DEFAULT_WORDNET_DIR, write_wordnet
 from ..errors import SLQError
 from ..evaluation.capability import DefinitionCapability
 from ..evaluation.compare import baseline_config_for, compare, standard_methods, threads_per_method
+from ..evaluation.evaluator import SavedRows
 from ..evaluation.report import save_comparison
 from ..evaluation.retrieval import RetrievalEvaluator
 from ..gguf import convert_gguf
@@ -128,18 +129,12 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
     specs = standard_methods(methods, config.train_config(),
                              baseline_config_for(config.train_config(), config.baseline_lr, config.baseline_epochs))
     threads = threads_per_method(jobs)
-    settings_of = {m.name: row_settings(m, config, backbone_dir, data, threads) for m in specs}
-    saved = saved_rows(out / ROWS_FILE)
-    done = {m: entry["row"] for m, entry in saved.items() if m in settings_of and entry.get("settings") == settings_of[m]}
-    if done:
-        logger.info("      kept from an earlier run with the same settings: %s (%s)", ", ".join(done), out / ROWS_FILE)
+    resume = SavedRows(out / ROWS_FILE, {m.name: row_settings(m, config, backbone_dir, data, threads) for m in specs})
     logger.info("[3/3] %s: SLQ trains %d epoch(s) of batch %d, LoRA %d; each method in a process of its own, "
-                "%d at a time", ", ".join(m for m in methods if m not in done), config.epochs, config.batch_size,
+                "%d at a time", ", ".join(methods), config.epochs, config.batch_size,
                 config.baseline_epochs or config.epochs, jobs)
 
-    def save_row(method: str, row: dict) -> None:
-        saved[method] = {"settings": settings_of[method], "row": row}
-        atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
+    def log_row(method: str, row: dict) -> None:
         val = row.get("evaluations", {}).get("validation")
         shown = f" (validation d2w {val['d2w']['R@1']:.3f}, w2d {val['w2d']['R@1']:.3f})" if val else ""
         logger.info("      %s: d2w R@1 %.3f, w2d R@1 %.3f%s, %.0f s training, %.0f MB peak", method,
@@ -149,7 +144,7 @@ def run_evidence(out_dir: str | os.PathLike, config: EvidenceConfig | None = Non
     probe = DefinitionCapability.from_dataset(evaluators[0].dataset, config.capability_limit) \
         if config.capability_limit else None
     report = compare(backbone_dir, train_data, specs, evaluators, progress=progress, isolate=True, jobs=jobs,
-                     done=done, on_row=save_row, capability=probe)
+                     resume=resume, on_row=log_row, capability=probe)
     report.update(evidence_config=asdict(config), wordnet=data, backbone=str(backbone_dir),
                   minutes_this_run=round((time.perf_counter() - began) / 60, 1))
     save_comparison(report, out)
@@ -163,19 +158,3 @@ def row_settings(method, config: EvidenceConfig, backbone_dir: Path, data: dict,
                 "n_val": config.n_val, "capability_limit": config.capability_limit, "threads": threads,
                 "method": asdict(method)}
     return json.loads(json.dumps(settings))  # as read back from the file
-
-
-def saved_rows(path: Path) -> dict:
-    """{method: {"settings", "row"}} from an earlier run's rows file; {} when there is none (or it is
-    unreadable, said in a warning). `slq mmeb-bench` keeps its rows the same way."""
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        logger.warning("      ignoring %s: unreadable (%s)", path, e)
-        return {}
-    if not isinstance(saved, dict) or not all(isinstance(v, dict) and "row" in v for v in saved.values()):
-        logger.warning("      ignoring %s: not a rows file of this version", path)
-        return {}
-    return saved

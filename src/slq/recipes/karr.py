@@ -27,20 +27,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, check_settings, setting
+from .._io import atomic_write, setting
 from ..backbone import Backbone
 from ..data import load_jsonl
 from ..data.shapes import write_world
 from ..errors import SettingError
 from ..evaluation.capability import capability_probe_for
 from ..evaluation.compare import METHODS, baseline_config_for, compare, standard_methods
-from ..evaluation.knowledge import format_knowledge, probe_knowledge
+from ..evaluation.evaluator import SavedRows
+from ..evaluation.knowledge import KnowledgeProbe, format_knowledge
 from ..evaluation.report import format_table3, save_comparison
 from ..evaluation.retrieval import RetrievalEvaluator
 from ..karr import CATEGORIES, KARR_FILE, KARR_SHAPES, control_dataset
-from ..train import TrainConfig
-from .demo import DEFAULT_BACKBONE, DEMO_SEED
-from .evidence import saved_rows
+from .demo import DEFAULT_BACKBONE, ShapesRunConfig
 
 logger = logging.getLogger("slq")
 
@@ -49,31 +48,12 @@ ROWS_FILE = "rows.json"
 
 
 @dataclass(frozen=True)
-class KarrBenchConfig:
-    """The run's settings; SLQ's are the demo's (chosen on the world's validation split)."""
+class KarrBenchConfig(ShapesRunConfig):
+    """The run's settings: the demo's (`ShapesRunConfig`), and the baselines' and evaluation's."""
 
-    n_train: int = setting(2000, "training images (plain captions)", minimum=1)
-    n_test: int = setting(200, "plain test images (the demo's test split)", minimum=1)
-    epochs: int = setting(10, "SLQ epochs", minimum=1)
-    num_queries: int = setting(64, "SLQ queries", minimum=1)
-    batch_size: int = setting(32, "pairs per step", minimum=1)
-    lr: float = setting(1e-2, "SLQ's peak learning rate")
     baseline_lr: float = setting(1e-3, "LoRA's and full fine-tuning's peak learning rate (SLQ's / 10)")
     baseline_epochs: int = setting(10, "LoRA's and full fine-tuning's epochs", minimum=1)
-    prompt_cache_mb: float = setting(4000, "RAM for SLQ's prompt keys/values kept across epochs")
-    capability_limit: int = setting(100, "test images each method's backbone is probed on after training; 0 = none",
-                                    minimum=0)
     eval_batch_size: int = setting(64, "items per forward pass when evaluating", minimum=1)
-    jobs: int = setting(2, "methods trained at once, in separate processes", minimum=1)
-    seed: int = setting(DEMO_SEED, "seed of the world and of training (slq-tiny-vl was pretrained on world 0)",
-                        cli=False)
-
-    def __post_init__(self):
-        check_settings(self)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(num_queries=self.num_queries, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                           seed=self.seed, prompt_cache_mb=self.prompt_cache_mb)
 
 
 def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = None, *,
@@ -98,35 +78,27 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
                   RetrievalEvaluator(control_dataset(karr), "karr_control", batch_size=config.eval_batch_size)]
 
     logger.info("[2/3] what the backbone knows of KARR-Shapes' facts (%s)", backbone_dir)
-    knowledge = probe_knowledge(Backbone.load(backbone_dir))
+    knowledge = KnowledgeProbe()(Backbone.load(backbone_dir))
     atomic_write(out / "knowledge.txt", format_knowledge(knowledge) + "\n")
     logger.info("\n%s", format_knowledge(knowledge))
 
     train_config = config.train_config()
     specs = standard_methods(methods, train_config,
                              baseline_config_for(train_config, config.baseline_lr, config.baseline_epochs))
-    settings_of = {m.name: json.loads(json.dumps({"method": asdict(m), "backbone": str(backbone_dir),
-                                                  "karr": karr.name, "n_karr": len(karr), "n_test": config.n_test,
-                                                  "capability_limit": config.capability_limit,
-                                                  "jobs": config.jobs})) for m in specs}
-    saved = saved_rows(out / ROWS_FILE)
-    done = {m: saved[m]["row"] for m in settings_of if m in saved and saved[m].get("settings") == settings_of[m]}
-    if done:
-        logger.info("      kept from an earlier run with the same settings: %s", ", ".join(done))
-    todo = [m.name for m in specs if m.name not in done]
-    logger.info("[3/3] %s", f"{', '.join(todo)}, {config.jobs} at a time, each in a process of its own" if todo
-                else "nothing left to train")
+    resume = SavedRows(out / ROWS_FILE, {m.name: {
+        "method": asdict(m), "backbone": str(backbone_dir), "karr": karr.name, "n_karr": len(karr),
+        "n_test": config.n_test, "capability_limit": config.capability_limit, "jobs": config.jobs} for m in specs})
+    logger.info("[3/3] %s, %d at a time, each in a process of its own (rows kept in %s)",
+                ", ".join(m.name for m in specs), config.jobs, out / ROWS_FILE)
 
-    def save_row(method: str, row: dict) -> None:
-        saved[method] = {"settings": settings_of[method], "row": row}
-        atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
+    def log_row(method: str, row: dict) -> None:
         k = row["evaluations"]["karr"]
         logger.info("      %s: plain R@1 %.3f / %.3f, KARR R@1 %.3f / %.3f", method, row["t2i"]["R@1"],
                     row["i2t"]["R@1"], k["t2i"]["R@1"], k["i2t"]["R@1"])
 
     probe = capability_probe_for(test, config.capability_limit) if config.capability_limit else None
     report = compare(backbone_dir, load_jsonl(world["train"]), specs, evaluators, progress=progress,
-                     isolate=True, jobs=config.jobs, done=done, on_row=save_row, capability=probe)
+                     isolate=True, jobs=config.jobs, resume=resume, on_row=log_row, capability=probe)
     report.update(backbone=str(backbone_dir), karr_bench_config=asdict(config),
                   knowledge={k: v for k, v in knowledge.items() if k != "answers"})
     save_comparison(report, out)

@@ -12,8 +12,8 @@ dataset and meta-task for:
 - LoRA trained the same two ways.
 
 Every method is scored on the suite's validation datasets (where settings are chosen) and on its
-test datasets. Each finished row is saved at once (`rows.json`); run again with the same settings
-and only the missing rows run. Results: `report.json`, `table.md`, `hit1.png`.
+test datasets, through `slq.evaluation.compare`. Each finished row is saved at once (`rows.json`);
+run again with the same settings and only the missing rows run. Results: `report.json`, `table.md`, `hit1.png`.
 """
 
 from __future__ import annotations
@@ -21,23 +21,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .._io import atomic_write, check_settings, setting
+from .._io import atomic_write, check_settings, file_sha256, setting
 from ..data import load_pairs, write_pairs
 from ..data.mmeb import load_mmeb
 from ..data.mmeb_suite import write_mmeb_suite
 from ..data.shapes import write_world
 from ..errors import SettingError, SLQError
-from ..evaluation.compare import Method, baseline_config_for, run_method
+from ..evaluation.compare import Method, baseline_config_for, compare
+from ..evaluation.evaluator import SavedRows
 from ..evaluation.mmeb import MMEBEvaluator
 from ..mining import MiningConfig, mine_negatives
 from ..train import TrainConfig
 from .demo import DEFAULT_BACKBONE, DEMO_SEED
-from .evidence import saved_rows
 
 logger = logging.getLogger("slq")
 
@@ -119,38 +118,29 @@ def run_mmeb_bench(out_dir: str | os.PathLike, config: MMEBBenchConfig | None = 
     specs = {m.name: m for m in config.methods()}
     wanted = [m for m in MMEB_METHODS if m in methods or (m == "slq" and any(n.endswith("_hard_negatives")
                                                                              for n in methods))]
-    settings_of = {name: json.loads(json.dumps({"method": asdict(specs[name]), "backbone": str(backbone_dir),
-                                                "config": asdict(config)})) for name in wanted}
-    saved = saved_rows(out / ROWS_FILE)
-    rows = {m: saved[m]["row"] for m in wanted if m in saved and saved[m].get("settings") == settings_of[m]}
-    if rows:
-        logger.info("      kept from an earlier run with the same settings: %s", ", ".join(rows))
+    resume = SavedRows(out / ROWS_FILE, {name: {"method": asdict(specs[name]), "backbone": str(backbone_dir),
+                                                "config": asdict(config)} for name in wanted})
     logger.info("[2/4] backbone: %s; %d training pairs in %d tasks", backbone_dir, len(train_data),
                 len(suite["train_pairs"]))
 
-    def run(name: str, data) -> None:
-        if name in rows:
-            return
-        began = time.perf_counter()
-        row = run_method(specs[name], backbone_dir, data, evaluators, progress=progress,
-                         keep_adapters=out / "adapters")
-        rows[name] = row
-        saved[name] = {"settings": settings_of[name], "row": row}
-        atomic_write(out / ROWS_FILE, json.dumps(saved, indent=2) + "\n")
-        logger.info("      %s: test overall hit@1 %.1f (validation %.1f), %.0f s", name, row["overall"]["hit@1"],
-                    row["evaluations"]["validation"]["overall"]["hit@1"], time.perf_counter() - began)
+    def log_row(name: str, row: dict) -> None:
+        logger.info("      %s: test overall hit@1 %.1f (validation %.1f), %.0f s training", name,
+                    row["overall"]["hit@1"], row["evaluations"]["validation"]["overall"]["hit@1"],
+                    row["train_seconds"])
 
-    logger.info("[3/4] in-batch negatives: %s", ", ".join(m for m in ("zero_shot_last_token", "slq", "lora")
-                                                          if m in wanted))
-    for name in ("zero_shot_last_token", "slq", "lora"):
-        if name in wanted:
-            run(name, train_data)
+    def run(names: list[str], data) -> None:
+        if names:
+            compare(backbone_dir, data, [specs[name] for name in names], evaluators, progress=progress,
+                    resume=resume, on_row=log_row, keep_adapters=out / "adapters")
+
+    in_batch = [m for m in ("zero_shot_last_token", "slq", "lora") if m in wanted]
+    logger.info("[3/4] in-batch negatives: %s", ", ".join(in_batch))
+    run(in_batch, train_data)
     hard = [m for m in wanted if m.endswith("_hard_negatives")]
     if hard:
         logger.info("[4/4] mining %d negatives per pair with SLQ's adapter, then: %s", config.mined, ", ".join(hard))
-        mined = _mined(out, train_data, backbone_dir, config)
-        for name in hard:
-            run(name, mined)
+        run(hard, _mined(out, train_data, backbone_dir, config))
+    rows = resume.kept()
     report = {"methods": {m: rows[m] for m in wanted if m in methods}, "suite": suite["eval"],
               "meta_tasks": suite["meta_tasks"], "config": asdict(config), "backbone": str(backbone_dir),
               "train_pairs": len(train_data)}
@@ -163,7 +153,7 @@ def _mined(out: Path, train_data, backbone_dir: Path, config: MMEBBenchConfig):
     beside the rows, so a rerun reuses it)."""
     path = out / MINED_FILE
     stamp = out / (MINED_FILE + ".json")
-    identity = {"adapter_sha256": _file_sha256(out / "adapters" / "slq" / "adapter_model.safetensors"),
+    identity = {"adapter_sha256": file_sha256(out / "adapters" / "slq" / "adapter_model.safetensors"),
                 "k": config.mined, "max_similarity": config.max_similarity,
                 "max_relative_score": config.max_relative_score, "pairs": len(train_data)}
     if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == identity:
@@ -183,12 +173,6 @@ def _mined(out: Path, train_data, backbone_dir: Path, config: MMEBBenchConfig):
     write_pairs(records, path)
     atomic_write(stamp, json.dumps(identity) + "\n")
     return load_pairs(path)
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def format_mmeb_comparison(report: dict) -> str:
