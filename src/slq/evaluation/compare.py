@@ -261,7 +261,8 @@ def compare(backbone_dir: str | os.PathLike, train_data: ImageTextDataset, metho
     backbone_dir = Path(backbone_dir)
     rows = {name: row for name, row in (done or {}).items() if name in names}
     if resume is not None:
-        kept = {name: row for name, row in resume.kept().items() if name in names and name not in rows}
+        saved = resume.kept()
+        kept = {name: saved[name] for name in names if name in saved and name not in rows}  # in the methods' order
         if kept:
             logger.info("      kept from an earlier run with the same settings: %s (%s)", ", ".join(kept), resume.path)
         rows.update(kept)
