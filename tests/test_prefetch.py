@@ -185,3 +185,32 @@ def test_embedding_with_workers_is_bit_identical(tiny_dirs, shapes_jsonl, tmp_pa
         embed_corpus(encoder, items, path, kind=kind, piece_size=7, batch_size=3, workers=workers, progress=False)
         out[workers] = np.load(path)
     assert np.array_equal(out[0], out[2])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "llava"])
+def test_the_fast_image_processor_gives_the_slow_ones_pixels(tiny_dirs, shapes_jsonl, family):
+    """Where torchvision imports, slq loads transformers' fast image processors: same layout and
+    placeholder counts as the PIL ones, pixels equal within resampling differences."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    from slq.backbone import image_processor_backend
+    from slq.families import family_for
+
+    assert image_processor_backend() == "torchvision"
+    config = AutoConfig.from_pretrained(tiny_dirs[family])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[family])
+    images = [Image.open(r.image).convert("RGB") for r in load_jsonl(shapes_jsonl).records[:3]]
+    outputs = [family_for(config.model_type).image_inputs(
+        config, tokenizer, AutoImageProcessor.from_pretrained(tiny_dirs[family], backend=backend), images)
+        for backend in ("pil", "torchvision")]
+    slow, fast = outputs
+    assert slow.placeholder_text == fast.placeholder_text
+    assert slow.model_inputs.keys() == fast.model_inputs.keys()
+    for key, value in slow.model_inputs.items():
+        assert value.shape == fast.model_inputs[key].shape, key
+        if value.is_floating_point():  # normalised pixels: resampling differs by a few grey levels at most
+            assert (value - fast.model_inputs[key]).abs().mean() < 0.02, key
+        else:
+            assert torch.equal(value, fast.model_inputs[key]), key
