@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,14 +75,7 @@ def main() -> None:
         slow = SLQRetriever.fresh(_with_processor(backbone, AutoImageProcessor, "pil"), num_queries=20)
         methods["in_process"] = prepare(0, slow)
 
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for run in methods.values():  # warm-up (a tenth of the work would do; all of it keeps the script simple)
-        run()
-    for _ in range(args.rounds):
-        for name, run in methods.items():
-            began = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - began)
+    times = common.interleaved(methods, args.rounds)
     seconds = {name: common.median(t) for name, t in times.items()}
     per_second = {name: args.n / s for name, s in seconds.items()}
     print(f"\n{args.n} images of {args.source_side} px to {args.image_side} px inputs, batch {args.batch_size}, "
