@@ -158,6 +158,20 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def interleaved(methods: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call of each method, after one warm-up call each, the methods taking turns
+    round by round so that a slow spell on a shared machine hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for run in methods.values():
+        run()
+    for _ in range(rounds):
+        for name, run in methods.items():
+            began = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - began)
+    return times
+
+
 def run_workers(script: str, methods: list[str], argv: list[str], rounds: int = 1) -> dict[str, dict]:
     """Run `script --worker METHOD argv…` once per method per round, interleaved, so a slow spell on
     a shared machine hits every method alike; each worker prints one JSON line last. Step times are

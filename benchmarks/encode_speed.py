@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -59,14 +58,7 @@ def main() -> None:
         "encode": lambda: (slq.encode_text(texts, batch_size=size, show_progress_bar=False),
                            slq.encode_image(images, batch_size=size, show_progress_bar=False)),
     }
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for run in methods.values():  # warm-up
-        run()
-    for _ in range(args.rounds):
-        for name, run in methods.items():
-            began = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - began)
+    times = common.interleaved(methods, args.rounds)
     seconds = {name: common.median(t) for name, t in times.items()}
     print(f"\n{args.n} captions + {args.n} images, batch {size}, device {args.device}, {args.dtype}, "
           f"median of {args.rounds} rounds")

@@ -65,6 +65,13 @@ def test_train_speed_with_prepared_inputs_and_the_disk_cache(tmp_path, small_mod
     assert kept["mb"] == 0 and kept["disk_mb"] > 0 and kept["hits"] == kept["misses"] > 0
 
 
+def test_prepare_speed_reports_worker_ratios(tmp_path):
+    summary = _run("prepare_speed.py", tmp_path, "--n", "4", "--rounds", "1", "--source-side", "64")
+    assert summary["images"] == 4 and summary["images_per_second"]["in_process"] > 0
+    assert summary["workers_1_over_in_process"] > 0 and summary["workers_2_over_in_process"] > 0
+    assert ("fast_in_process_over_in_process" in summary) != ("fast_note" in summary)
+
+
 def test_encode_speed_reports_ratio(tmp_path):
     summary = _run("encode_speed.py", tmp_path, "--n", "4", "--rounds", "1")
     assert summary["encode_over_forward"] > 0 and set(summary["seconds"]) == {"forward", "forward_queries", "encode"}

@@ -13,6 +13,7 @@ follow it. A GGUF file is converted once to a checkpoint folder (`slq.gguf`) and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -41,6 +42,19 @@ DEFAULT_MAX_TEXT_TOKENS = 128
 # (InternVL, Idefics3) then give it as one tile at the processor's size, as the SLQ paper's reference
 # code feeds InternVL. Others process the square as usual (Qwen-VL at its native resolution).
 IMAGE_FITS = ("processor", "square")
+
+
+@functools.cache
+def image_processor_backend() -> str:
+    """Which of transformers' image processors slq loads: "torchvision" (the fast ones, batched
+    torch operations, several times faster than PIL's on a CPU) when torchvision imports, else
+    "pil". Asked explicitly, because transformers picks torchvision whenever it is installed, also
+    when it cannot load (a CUDA build of it beside a CPU-only torch)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # ImportError, or RuntimeError from a build for another torch
+        return "pil"
+    return "torchvision"
 
 
 def check_image_fit(image_fit: str) -> str:
@@ -170,8 +184,8 @@ class Backbone:
         try:
             model = auto_model.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            image_processor = None if text_only else \
-                AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            image_processor = None if text_only else AutoImageProcessor.from_pretrained(
+                path, trust_remote_code=trust_remote_code, backend=image_processor_backend())
         except (OSError, ValueError) as e:  # missing weights, tokenizer or processor files
             raise SLQError(f"{path}: cannot load the checkpoint: {str(e).splitlines()[0]}") from None
         tokenizer.chat_template = _read_chat_template(path, tokenizer, required=not text_only)
@@ -280,27 +294,40 @@ class Backbone:
 
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        return enc["input_ids"], enc["attention_mask"]
 
-    def text_batch(self, texts: Sequence[str], instruction: str = "", *, truncate: bool = True) -> PrefixBatch:
+    def place(self, batch: PrefixBatch) -> PrefixBatch:
+        """A batch built on the CPU (`place=False`) moved to the model's device, pixels in its dtype.
+
+        Building and placing are apart so that batches can be built ahead in worker processes
+        (`slq.prefetch`), which must never touch the GPU; placing is the same either way, so a
+        batch built ahead is bit for bit the one built in place."""
+        model_inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
+                        for k, v in batch.model_inputs.items()}
+        return PrefixBatch(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), model_inputs)
+
+    def text_batch(self, texts: Sequence[str], instruction: str = "", *, truncate: bool = True,
+                   place: bool = True) -> PrefixBatch:
         """Captions as user turns, each truncated to `max_text_tokens` tokens (unless the caller
-        has cut what it must), then `instruction`."""
+        has cut what it must), then `instruction`. `place=False` leaves the batch on the CPU."""
         cut = self.truncate if truncate else (lambda t: t)
         prompts = [self._prompt([{"type": "text", "text": cut(self._check_text(t)) + instruction}]) for t in texts]
-        return PrefixBatch(*self._tokenize(prompts))
+        batch = PrefixBatch(*self._tokenize(prompts))
+        return self.place(batch) if place else batch
 
-    def image_batch(self, images: Sequence[Image.Image], instruction: str = "") -> PrefixBatch:
+    def image_batch(self, images: Sequence[Image.Image], instruction: str = "", *, place: bool = True) -> PrefixBatch:
         """Images as user turns whose placeholder is expanded to the vision tower's token count,
         each followed by `instruction` (if any) in the same turn.
 
         Under `image_fit="square"` each image is padded to a grey square first and given as one tile.
         """
-        return self.image_text_batch(images, [instruction] * len(images))
+        return self.image_text_batch(images, [instruction] * len(images), place=place)
 
-    def image_text_batch(self, images: Sequence[Image.Image], texts: Sequence[str]) -> PrefixBatch:
+    def image_text_batch(self, images: Sequence[Image.Image], texts: Sequence[str], *,
+                         place: bool = True) -> PrefixBatch:
         """Each image with its own text after it in one user turn (texts may be empty): an image
         with a question, an instruction, or both, as one prompt. Texts are checked for special
-        tokens; truncating them is the caller's choice."""
+        tokens; truncating them is the caller's choice. `place=False` leaves the batch on the CPU."""
         if self.text_only:
             raise SLQError(f"{self.path}: a text-only backbone ({self.config.model_type}) cannot embed images; "
                            "use a dataset whose records have \"text\" targets")
@@ -319,10 +346,8 @@ class Backbone:
                     raise SLQError(f"{self.path}: the chat template renders an image as {template.count(token)} "
                                    f"{token!r} placeholders; slq expects exactly one")
         prompts = [templates[text].replace(token, expansion) for text, expansion in zip(texts, inputs.placeholder_text)]
-        input_ids, attention_mask = self._tokenize(prompts)
-        model_inputs = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
-                        for k, v in inputs.model_inputs.items()}
-        return PrefixBatch(input_ids, attention_mask, model_inputs)
+        batch = PrefixBatch(*self._tokenize(prompts), dict(inputs.model_inputs))
+        return self.place(batch) if place else batch
 
     # --- the one call of the model ------------------------------------------------------------
 

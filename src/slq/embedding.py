@@ -44,6 +44,7 @@ from .data import ImageRecord, Input, TextRecord
 from .distributed import distributed_context, rank0_value
 from .encoder import Encoder
 from .errors import SettingError, SLQError
+from .prefetch import resolve_workers
 
 logger = logging.getLogger("slq")
 
@@ -72,7 +73,7 @@ def work_folder(out: str | os.PathLike) -> Path:
 
 def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, kind: str, piece_size: int = 1024,
                  batch_size: int = 32, rank: int | None = None, world_size: int | None = None,
-                 progress: bool | None = None) -> CorpusEmbedding:
+                 progress: bool | None = None, workers: int | None = None) -> CorpusEmbedding:
     """Write the L2-normalised embeddings of `items` to the .npy file `out`, row i for item i.
 
     `kind` "texts" embeds strings with `encode_text`; "targets" embeds image paths, PIL images or
@@ -80,12 +81,15 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     Every process of a torch.distributed group calls this with the same items (rank and world size
     default to the group's); pieces go to a work folder
     on a filesystem they all see. Process 0 writes `out` once all pieces exist; the others return
-    when theirs are written. `progress` None shows rank 0's bar only on a terminal.
+    when theirs are written. `progress` None shows rank 0's bar only on a terminal. `workers`
+    processes prepare the batches ahead of the model (None: `slq.prefetch.default_workers()`; 0: in
+    this process); the embeddings are the same bit for bit.
     """
     if kind not in KINDS:
         raise SettingError("kind", kind, f"must be one of {', '.join(KINDS)}")
     require_positive_int("piece_size", piece_size)
     require_positive_int("batch_size", batch_size)
+    workers = resolve_workers(workers)
     if rank is None or world_size is None:
         rank, world_size = distributed_context()
     if world_size > 1 and not dist.is_initialized():
@@ -123,7 +127,8 @@ def embed_corpus(encoder: Encoder, items: Sequence, out: str | os.PathLike, *, k
     encode = {"texts": encoder.encode_text, "targets": encoder.encode_targets, "inputs": encoder.encode_inputs}[kind]
     for k in mine:
         start, end = spans[k]
-        _write_piece(folder, k, encode(items[start:end], batch_size=batch_size, show_progress_bar=False),
+        _write_piece(folder, k, encode(items[start:end], batch_size=batch_size, show_progress_bar=False,
+                                       workers=workers),
                      (end - start, encoder.dim))
         bar.update(end - start)
     bar.close()

@@ -9,8 +9,9 @@ progress bar shows on long work. Embeddings are L2-normalised, so a dot product 
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,19 @@ class Grouped:
         return sum(len(rows) for rows, _ in self.parts)
 
 
+def batch_key(kind: str, items: Sequence) -> tuple | None:
+    """What a prompt batch is built from, as a hashable name (None when an item is pixels, which
+    have no stable name): how a batch built ahead is found again (`Encoder.prebuilt`)."""
+    if kind == "text":
+        return ("text", *items)
+    if kind == "image":
+        names = [None if isinstance(im, Image.Image) else str(im.image if isinstance(im, ImageRecord) else im)
+                 for im in items]
+    else:
+        names = [x.key() for x in items]
+    return None if None in names else (kind, *names)
+
+
 def kind_groups(inputs: Sequence[Input]) -> list[list[int]]:
     """Rows of `inputs` without an image, then rows with one (empty groups left out)."""
     groups = [[i for i, x in enumerate(inputs) if x.image is None], [i for i, x in enumerate(inputs) if x.image is not None]]
@@ -46,6 +60,7 @@ class Encoder:
     """Base class: a frozen backbone plus a way to pool its states into one vector per input."""
 
     text_instruction: str = ""  # appended to each caption inside the user turn
+    reuses_prompts: bool = False  # whether `prepare_*` runs each distinct prompt once, keeping it in a cache
     image_instruction: str = ""  # text after the image inside the user turn
 
     def __init__(self, backbone: Backbone):
@@ -122,45 +137,74 @@ class Encoder:
     def dim(self) -> int:
         return self.backbone.hidden_size
 
-    def text_batch(self, texts: Sequence[str]) -> PrefixBatch:
-        return self.backbone.text_batch(texts, instruction=self.text_instruction)
+    # --- prompt batches ------------------------------------------------------------------------
+    # Built on the CPU, then placed on the model's device. A batch may be built ahead, in a worker
+    # process (`slq.prefetch`): `prebuilt` then holds such batches by what they were built from
+    # (`batch_key`), and a builder asked for exactly those items takes its batch from there.
 
-    def image_batch(self, images: Sequence[ImageInput]) -> PrefixBatch:
-        opened = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-        return self.backbone.image_batch(opened, instruction=self.image_instruction)
+    prebuilt: dict | None = None
 
-    def input_batch(self, inputs: Sequence[Input]) -> PrefixBatch:
+    def text_batch(self, texts: Sequence[str], *, place: bool = True) -> PrefixBatch:
+        return self._batch("text", texts, place)
+
+    def image_batch(self, images: Sequence[ImageInput], *, place: bool = True) -> PrefixBatch:
+        return self._batch("image", images, place)
+
+    def input_batch(self, inputs: Sequence[Input], *, place: bool = True) -> PrefixBatch:
         """Inputs all with images or all without, as prompts: the image (if any), then the
         instruction and the text after it, then the encoder's own instruction. A
         plain text or image gives exactly the prompt of `text_batch` / `image_batch`."""
-        with_image = {x.image is not None for x in inputs}
+        return self._batch("input", inputs, place)
+
+    def _batch(self, kind: str, items: Sequence, place: bool) -> PrefixBatch:
+        key = batch_key(kind, items) if self.prebuilt else None
+        batch = self.prebuilt.pop(key, None) if key is not None else None
+        if batch is None:
+            batch = self.build_batch(kind, items)
+        return self.backbone.place(batch) if place else batch
+
+    def build_batch(self, kind: str, items: Sequence) -> PrefixBatch:
+        """The prompt batch of `items` ("text": strings, "image": images, "input": `Input`s of one
+        kind), on the CPU: what a worker process runs."""
+        backbone = self.backbone
+        if kind == "text":
+            return backbone.text_batch(items, instruction=self.text_instruction, place=False)
+        if kind == "image":
+            opened = [im if isinstance(im, Image.Image) else load_image(im) for im in items]
+            return backbone.image_batch(opened, instruction=self.image_instruction, place=False)
+        assert kind == "input", f"no prompt batch of kind {kind!r}"
+        with_image = {x.image is not None for x in items}
         assert len(with_image) == 1, "a model call takes images for all of its rows or none (see prepare_inputs)"
-        bodies = [" ".join(p for p in (x.instruction.strip(), self.backbone.truncate(x.text) if x.text else "") if p)
-                  for x in inputs]  # "Instruction: text", as MMEB's own files write their queries
+        bodies = [" ".join(p for p in (x.instruction.strip(), backbone.truncate(x.text) if x.text else "") if p)
+                  for x in items]  # "Instruction: text", as MMEB's own files write their queries
         if not with_image.pop():
-            return self.backbone.text_batch(bodies, instruction=self.text_instruction, truncate=False)
-        opened = [x.image if isinstance(x.image, Image.Image) else load_image(x.image) for x in inputs]
-        return self.backbone.image_text_batch(opened, [body + self.image_instruction if body else self.image_instruction
-                                                       for body in bodies])
+            return backbone.text_batch(bodies, instruction=self.text_instruction, truncate=False, place=False)
+        opened = [x.image if isinstance(x.image, Image.Image) else load_image(x.image) for x in items]
+        return backbone.image_text_batch(opened, [body + self.image_instruction if body else self.image_instruction
+                                                  for body in bodies], place=False)
 
     # --- encoding -----------------------------------------------------------------------------
 
     def encode_text(self, texts: str | Sequence[str], *, batch_size: int = 32, show_progress_bar: bool | None = None,
-                    convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
-        """Embed captions; one string gives one vector, a list gives an (n, d) matrix."""
+                    convert_to_numpy: bool = True, workers: int = 0) -> np.ndarray | torch.Tensor:
+        """Embed captions; one string gives one vector, a list gives an (n, d) matrix.
+
+        `workers` > 0 prepares batches (tokenising, images) in that many processes ahead of the
+        model (`slq.prefetch`); the result is the same bit for bit."""
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
-        out = self._encode(items, [len(t) for t in items], self.text_batch, batch_size, show_progress_bar,
-                           "encoding texts")
+        out = self._encode(items, [len(t) for t in items], "text", batch_size, show_progress_bar,
+                           "encoding texts", workers=workers)
         return _finish(out, single, convert_to_numpy)
 
     def encode_image(self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32,
-                     show_progress_bar: bool | None = None, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+                     show_progress_bar: bool | None = None, convert_to_numpy: bool = True,
+                     workers: int = 0) -> np.ndarray | torch.Tensor:
         """Embed images given as paths, dataset records or PIL images; one image gives one vector."""
         single = isinstance(images, (str, os.PathLike, Image.Image, ImageRecord))
         items = [images] if single else list(images)
-        out = self._encode(items, [_pixel_count(im) for im in items], self.image_batch, batch_size,
-                           show_progress_bar, "encoding images")
+        out = self._encode(items, [_pixel_count(im) for im in items], "image", batch_size,
+                           show_progress_bar, "encoding images", workers=workers)
         return _finish(out, single, convert_to_numpy)
 
     def encode_targets(self, records: Sequence[Record], **kwargs) -> np.ndarray | torch.Tensor:
@@ -170,7 +214,8 @@ class Encoder:
         return self.encode_image(list(records), **kwargs)
 
     def encode_inputs(self, inputs: Input | Sequence[Input], *, batch_size: int = 32,
-                      show_progress_bar: bool | None = None, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+                      show_progress_bar: bool | None = None, convert_to_numpy: bool = True,
+                      workers: int = 0) -> np.ndarray | torch.Tensor:
         """Embed `Input`s (texts, images, images with text, each with an optional instruction),
         kinds mixed freely; one input gives one vector. Batches hold one kind each."""
         single = isinstance(inputs, Input)
@@ -179,8 +224,8 @@ class Encoder:
         for rows in kind_groups(items):
             group = [items[i] for i in rows]
             lengths = [len(x.text or "") + (_pixel_count(x.image) if x.image is not None else 0) for x in group]
-            out[torch.as_tensor(rows)] = self._encode(group, lengths, self.input_batch, batch_size, show_progress_bar,
-                                                      "encoding inputs", total=len(items))
+            out[torch.as_tensor(rows)] = self._encode(group, lengths, "input", batch_size, show_progress_bar,
+                                                      "encoding inputs", total=len(items), workers=workers)
         return _finish(out, single, convert_to_numpy)
 
     def encode_query(self, text: str | None = None, image: ImageInput | None = None, instruction: str = "") -> np.ndarray:
@@ -197,19 +242,29 @@ class Encoder:
         return self.encode_inputs(Input(text or None, image, instruction))
 
     @torch.no_grad()
-    def _encode(self, items: list, lengths: list[int], prepare: Callable[[list], PrefixBatch], batch_size: int,
-                show_progress_bar: bool | None, desc: str, total: int | None = None) -> torch.Tensor:
+    def _encode(self, items: list, lengths: list[int], kind: str, batch_size: int, show_progress_bar: bool | None,
+                desc: str, total: int | None = None, workers: int = 0) -> torch.Tensor:
+        from .prefetch import prepare_ahead
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        order = np.argsort(lengths, kind="stable")[::-1]  # longest first: the worst batch shows up early
+        order = length_order(lengths)
         result = torch.empty(len(items), self.dim)
         bar = tqdm(total=len(items), desc=desc, disable=_hide(show_progress_bar, total or len(items)), unit="item")
-        for start in range(0, len(items), batch_size):
-            idx = order[start:start + batch_size]
-            result[torch.as_tensor(idx.copy())] = self.embed(prepare([items[i] for i in idx])).float().cpu()
+        batches = [order[start:start + batch_size] for start in range(0, len(items), batch_size)]
+        built = prepare_ahead(functools.partial(self.build_batch, kind), ([items[i] for i in idx] for idx in batches),
+                              workers=workers)
+        for idx, batch in zip(batches, built):
+            result[torch.as_tensor(idx.copy())] = self.embed(self.backbone.place(batch)).float().cpu()
             bar.update(len(idx))
         bar.close()
         return result
+
+
+def length_order(lengths: Sequence[int]) -> np.ndarray:
+    """Indices by decreasing length (ties in order): batches of similar lengths carry little padding,
+    and the longest, the worst for memory, comes first."""
+    return np.argsort(lengths, kind="stable")[::-1]
 
 
 def _finish(out: torch.Tensor, single: bool, convert_to_numpy: bool):

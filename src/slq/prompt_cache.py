@@ -50,6 +50,10 @@ class PromptCache:
         self.misses += state is None
         return state
 
+    def __contains__(self, key: tuple) -> bool:
+        """Whether `key`'s prompt is kept (not counted as a lookup)."""
+        return key in self._states or key in self._on_disk
+
     def put(self, key: tuple, state: PromptState) -> None:
         """Keep a copy of `state` (which may be a view of its batch) in the first tier with room."""
         if key in self._states or key in self._on_disk:  # e.g. the same caption twice in one batch

@@ -22,6 +22,8 @@ from .queries import LatentQueries, PromptBatch, pool, queries_on_prompts, query
 class SLQRetriever(Encoder):
     """Encodes texts and images into one space through a frozen backbone and shared latent queries."""
 
+    reuses_prompts = True  # the cached engine keeps prompts' keys/values (see _prepare_prompts)
+
     def __init__(self, backbone: Backbone, queries: LatentQueries, temperature: float = 0.07):
         if queries.weight.shape[1] != backbone.hidden_size:
             raise AdapterError(f"queries have width {queries.weight.shape[1]}, but the backbone's hidden size is "

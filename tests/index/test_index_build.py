@@ -193,15 +193,15 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_index(tmp_path, loader,
 
     def crashing(backbone, adapter_dir):
         retriever = loader(backbone, adapter_dir)
-        original, count = retriever.encode_image, []
+        original, count = retriever.embed, []
 
-        def encode(images, **kwargs):
+        def embed(batch, *args, **kwargs):  # the model's call on a batch
             if len(count) == 2:  # dies in the middle of the third batch
                 raise Crash
             count.append(1)
-            return original(images, **kwargs)
+            return original(batch, *args, **kwargs)
 
-        retriever.encode_image = encode
+        retriever.embed = embed
         return retriever
 
     with pytest.raises(Crash):
@@ -275,3 +275,17 @@ def test_another_source_or_adapter_is_refused(tmp_path, loader, adapter, tiny_di
 def test_bad_settings_are_refused_naming_them(field, value):
     with pytest.raises(SettingError, match=field):
         IndexConfig(**{field: value})
+
+
+def test_an_index_built_with_worker_processes_is_bit_identical(tmp_path, loader, adapter, tiny_dirs):
+    folder = make_folder(tmp_path / "photos")
+    (folder / "broken.png").write_bytes(b"not a png")  # skipped the same way in a worker
+    reports = {}
+    for workers in (0, 2):
+        reports[workers] = update_index(tmp_path / f"idx{workers}", folder, backbone=tiny_dirs["qwen2_vl"],
+                                        adapter=adapter, config=IndexConfig(batch_size=4, workers=workers),
+                                        load_retriever=loader, progress=False)
+    assert reports[0].newly_skipped == reports[2].newly_skipped and len(reports[2].newly_skipped) == 1
+    plain, prefetched = rows(tmp_path / "idx0"), rows(tmp_path / "idx2")
+    assert plain.keys() == prefetched.keys()
+    assert all(np.array_equal(plain[k][1], prefetched[k][1]) for k in plain)

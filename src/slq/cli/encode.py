@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import SLQError
 from .options import (backbone_options, bad_record_option, batch_option, data_options, load_data, positive_int,
-                      retriever, ties_option, write_json)
+                      retriever, ties_option, workers_option, write_json)
 
 logger = logging.getLogger("slq")
 
@@ -74,6 +74,7 @@ def register(sub) -> None:
                         "stopped (default: 1024)")
     bad_record_option(p)
     batch_option(p)
+    workers_option(p)
     p.set_defaults(func=run_embed)
 
 
@@ -157,6 +158,6 @@ def run_embed(args: argparse.Namespace) -> None:
     else:
         items, kind = list_targets(args.images, args.on_bad_record), "targets"
     result = embed_corpus(retriever(args, args.adapter), items, args.out, kind=kind, piece_size=args.piece_size,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, workers=args.workers)
     if rank == 0:
         print(f"slq: {result.rows} embeddings of width {result.width} written to {args.out}")

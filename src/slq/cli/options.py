@@ -139,6 +139,19 @@ def ties_option(p: argparse.ArgumentParser) -> None:
                         "average (average, default: a collapsed model scores chance) or as a miss (strict)")
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def workers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
+                   help="processes that prepare the next batches (images, tokens) while the model runs; the output "
+                        "is the same bit for bit (0: in the main process; default: min(4, CPU cores - 1))")
+
+
 def batch_option(p: argparse.ArgumentParser, default: int = 32) -> None:
     p.add_argument("--batch-size", type=positive_int, default=default,
                    help=f"items per forward pass (default: {default})")

@@ -72,6 +72,10 @@ class TrainConfig:
     prompt_cache_dtype: str | None = setting(None, "store kept keys/values in this dtype, halving a float32 model's "
                                                    "footprint (default: the model's dtype)",
                                              choices=PROMPT_CACHE_DTYPES[1:], resumable=True)
+    workers: int | None = setting(None, "processes that prepare the next steps' inputs (images, tokens) while the "
+                                        "model runs; the batches are the same bit for bit (0: in the main process; "
+                                        "default: min(4, CPU cores - 1))", minimum=0, resumable=True)
+    prefetch: int = setting(2, "steps each worker process prepares ahead", minimum=1, resumable=True)
 
     def __post_init__(self):
         check_settings(self)

@@ -23,6 +23,7 @@ from ..distributed import distributed_context, rank0_value, sync_gradients
 from ..encoder import Encoder
 from ..errors import SettingError, SLQError
 from ..loss import ContrastiveLoss
+from ..prefetch import prebuilt, training_batches
 from ..prompt_cache import PromptCache
 from .batches import BatchPlan
 from .checkpoint import CHECKPOINT_DIR, checkpoint_due, load_checkpoint, run_identity, save_checkpoint
@@ -151,25 +152,34 @@ def train(encoder: Encoder, dataset: ImageTextDataset | PairDataset, config: Tra
     bar = tqdm(total=plan.total_steps, initial=start, desc="training", unit="step",
                disable=(None if progress is None else not progress) if rank == 0 else True)
     last_save = time.monotonic()
+    prepared = training_batches(encoder, plan, range(start, plan.total_steps), chunk_size=config.chunk_size,
+                                engine=config.engine, cache=cache, workers=config.workers, prefetch=config.prefetch)
     for step in range(start, plan.total_steps):
         began = time.perf_counter()
+        batches = next(prepared)  # the step's inputs, prepared ahead (or now, without workers)
+        ready = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(step, warmup, plan.total_steps)
         records, texts = plan(step)
-        loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache,
-                          chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm,
-                          negatives=plan.negatives(step), labels=plan.labels(step))
-        result.train_seconds += time.perf_counter() - began
+        with prebuilt(encoder, batches):
+            loss = train_step(encoder, loss_fn, optimizer, texts, records, config.engine, cache,
+                              chunk_size=config.chunk_size, clip_grad_norm=config.clip_grad_norm,
+                              negatives=plan.negatives(step), labels=plan.labels(step))
+        done = time.perf_counter()
+        result.train_seconds += done - began
         entry = {"step": step + 1, "loss": loss, "temperature": loss_fn.temperature.item(),
                  "lr": optimizer.param_groups[0]["lr"]}
         result.history.append(entry)
-        bar.set_postfix(loss=f"{loss:.3f}", t=f"{entry['temperature']:.3f}")
+        # waiting for inputs (prep) against the model's time: a large prep means input is the bottleneck
+        bar.set_postfix(loss=f"{loss:.3f}", t=f"{entry['temperature']:.3f}", prep=f"{ready - began:.2f}s",
+                        model=f"{done - ready:.2f}s")
         bar.update(1)
         if on_step is not None:
             on_step(entry)
         if checkpoint is not None and rank == 0 and checkpoint_due(step + 1, plan, config, last_save):
             save_checkpoint(checkpoint, step + 1, encoder, loss_fn, optimizer, result, run)
             last_save = time.monotonic()
+    prepared.close()  # stops the worker processes
     bar.close()
     if cache is not None:
         result.prompt_cache = cache.stats()
