@@ -13,7 +13,7 @@ EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
 WORDNET := /usr/share/wordnet/data.noun
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast demo evidence mmeb karr clean
+.PHONY: install test test-fast demo evidence mmeb karr real-karr clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ mmeb: $(STAMP)
 # KARR-Shapes beside plain retrieval and capability after training (README "Knowledge-aware retrieval").
 karr: $(STAMP)
 	$(BIN)/slq karr-bench --out runs/karr
+
+# KARR on knowledge the language model states itself, on slq-gemma-vl (docs/karr.md); Gemma 3 270M from the registry.
+real-karr: $(EVIDENCE_STAMP)
+	$(BIN)/slq real-karr --out runs/real-karr
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--lm", default=None, help="a text-only Gemma 3 checkpoint folder (default: Gemma 3 270M from "
                                               "its registry package)")
     p.add_argument("--n-train", type=int, default=4000, help="training images of the world")
-    p.add_argument("--n-test", type=int, default=200, help="test images (caption accuracy)")
+    p.add_argument("--n-test", type=int, default=400, help="test images (caption accuracy; a quarter as many validation images)")
     return p.parse_args(argv)
 
 

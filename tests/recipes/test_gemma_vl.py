@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from slq.backbone import Backbone
+from slq.data import load_jsonl
 from slq.data.shapes import write_world
 from slq.errors import SLQError
 from slq.evaluation.capability import caption_attribute_accuracy
@@ -105,3 +106,25 @@ def test_recipe_script_writes_what_slq_ships(tiny_dirs, tmp_path):
     assert {p.name for p in out.iterdir()} == {"vision.safetensors", "gemma-vl.json", "README.md"}
     card = (out / "README.md").read_text()
     assert "frozen and unchanged" in card and "What it captions" in card
+
+
+@pytest.mark.slow
+def test_real_karr_runs_karr_bench_on_the_real_knowledge_rows(world, tiny_dirs, tmp_path, capsys):
+    """`slq real-karr` end to end on a tiny assembled slq-gemma-vl: the shipped real-knowledge rows
+    scored with their controls, per category, and the facts as their build probed them."""
+    from slq.cli import main
+    from slq.karr.real import KARR_REAL
+
+    pretrain_gemma_vl(tmp_path / "vl", world, tiny_dirs["gemma3_text"], GemmaVLConfig(steps=1, save_every=0, **FAST),
+                      progress=False)
+    folder = assemble(tmp_path / "vl", tiny_dirs["gemma3_text"], cache_dir=tmp_path / "cache")
+    argv = ["real-karr", "--out", str(tmp_path / "out"), "--backbone", str(folder), "--methods", "zero_shot_mean,slq",
+            "--n-train", "8", "--n-test", "4", "--epochs", "1", "--num-queries", "2", "--batch-size", "4",
+            "--capability-limit", "0"]
+    assert main(argv) == 0
+    assert "KARR t2i" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    karr = report["evaluations"]["karr"]["methods"]["slq"]
+    assert set(karr["by_category"]) == {r.meta["category"] for r in load_jsonl(KARR_REAL / "karr.jsonl").records}
+    assert report["evaluations"]["karr_control"]["methods"]["slq"]
+    assert report["knowledge"]["kept"] and "facts" not in report["knowledge"]

@@ -77,10 +77,15 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
                   RetrievalEvaluator(karr, "karr", batch_size=config.eval_batch_size),
                   RetrievalEvaluator(control_dataset(karr), "karr_control", batch_size=config.eval_batch_size)]
 
-    logger.info("[2/3] what the backbone knows of KARR-Shapes' facts (%s)", backbone_dir)
-    knowledge = KnowledgeProbe()(Backbone.load(backbone_dir))
-    atomic_write(out / "knowledge.txt", format_knowledge(knowledge) + "\n")
-    logger.info("\n%s", format_knowledge(knowledge))
+    if karr_dir is None or Path(karr_dir).resolve() == KARR_SHAPES.resolve():
+        logger.info("[2/3] what the backbone knows of KARR-Shapes' facts (%s)", backbone_dir)
+        knowledge = KnowledgeProbe()(Backbone.load(backbone_dir))
+        atomic_write(out / "knowledge.txt", format_knowledge(knowledge) + "\n")
+        logger.info("\n%s", format_knowledge(knowledge))
+    else:  # another KARR set's facts are its own: its build records what was asked of which model
+        knowledge = _build_probe(Path(karr_dir))
+        logger.info("[2/3] the facts behind %s: %s", karr_dir, "as probed when it was built (build.json)"
+                    if knowledge else "no probe recorded")
 
     train_config = config.train_config()
     specs = standard_methods(methods, train_config,
@@ -105,6 +110,16 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
     atomic_write(out / "karr.md", format_karr_table(report) + "\n")
     atomic_write(out / "knowledge.json", json.dumps(knowledge, indent=2) + "\n")
     return report
+
+
+def _build_probe(karr_dir: Path) -> dict:
+    """The knowledge probe a KARR build recorded (`slq karr real`: the facts its LM was asked, the
+    ones kept), without the per-fact scores; {} when the build recorded none."""
+    try:
+        probe = json.loads((karr_dir / "build.json").read_text()).get("probe") or {}
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in probe.items() if k not in ("facts", "prior")}
 
 
 def format_karr_table(report: dict) -> str:

@@ -33,6 +33,7 @@ EXTRA_ROWS = 64  # Gemma 3 4B-27B: 262,144 text tokens, then the soft token and 
 VISION_FILE = "vision.safetensors"
 SETTINGS_FILE = "gemma-vl.json"
 _MARKER = "slq-gemma-vl.json"  # written last in an assembled folder
+SLQ_GEMMA_VL = Path(__file__).resolve().parents[2] / "assets" / "slq-gemma-vl"  # the shipped tower and projector
 
 # Gemma 3's chat template (as its instruction-tuned checkpoints ship it), image parts included.
 GEMMA3_CHAT_TEMPLATE = (
@@ -222,3 +223,11 @@ def assemble(vision_dir: str | os.PathLike, lm_dir: str | os.PathLike, cache_dir
     logger.info("assembling slq-gemma-vl from %s and %s (once)", vision_dir, lm_dir)
     model, tokenizer, image_processor = build_model(lm_dir, settings, vision=vision)
     return write_checkpoint(folder, model, tokenizer, image_processor, settings, language_model_sha256(model))
+
+
+def gemma_vl_backbone(vision_dir: str | os.PathLike = SLQ_GEMMA_VL, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The full slq-gemma-vl checkpoint folder: the shipped tower (or `vision_dir`'s) with Gemma 3 270M's
+    language model from its registry package, assembled once into slq's cache."""
+    from ..evidence import gemma_backbone
+
+    return assemble(vision_dir, gemma_backbone(cache_dir), cache_dir)

@@ -44,15 +44,15 @@ class GemmaVLConfig:
     """Settings of one slq-gemma-vl pretraining run; stored beside the weights."""
 
     seed: int = setting(0, "vision initialisation and every batch")
-    steps: int = setting(600, "optimizer steps", minimum=1)
+    steps: int = setting(300, "optimizer steps", minimum=1)
     batch_size: int = setting(16, "captioned images per step", minimum=1)
-    lr: float = setting(1e-3, "peak AdamW learning rate (cosine decay to a tenth after the warmup)", positive=True)
-    warmup_steps: int = setting(30, "linear warmup steps")
+    lr: float = setting(2e-3, "peak AdamW learning rate (cosine decay to a tenth after the warmup)", positive=True)
+    warmup_steps: int = setting(20, "linear warmup steps")
     weight_decay: float = setting(0.05, "AdamW weight decay")
     grad_clip: float = setting(1.0, "clip the gradient's global norm to this")
     mixture: dict = setting(None, f"task -> share of examples, over {', '.join(PLAIN_TASKS)} only (plain captions)",
                             factory=lambda: {"caption": 0.5, "listing": 0.5})
-    save_every: int = setting(25, "steps between resumable checkpoints (0: none)")
+    save_every: int = setting(10, "steps between resumable checkpoints (0: none)")
     threads: int = setting(2, "torch threads: a run is reproducible bit for bit for a given count", minimum=1)
     vision: VisionSettings = setting(None, "the vision tower and projector", factory=VisionSettings)
 
