@@ -77,15 +77,14 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
                   RetrievalEvaluator(karr, "karr", batch_size=config.eval_batch_size),
                   RetrievalEvaluator(control_dataset(karr), "karr_control", batch_size=config.eval_batch_size)]
 
-    if karr_dir is None or Path(karr_dir).resolve() == KARR_SHAPES.resolve():
+    knowledge = _build_probe(Path(karr_dir or KARR_SHAPES))
+    if knowledge:  # a set whose clues are facts a language model stated: its build says which and whose
+        logger.info("[2/3] the facts behind %s, as probed when it was built: %d kept", karr_dir, len(knowledge["kept"]))
+    else:
         logger.info("[2/3] what the backbone knows of KARR-Shapes' facts (%s)", backbone_dir)
         knowledge = KnowledgeProbe()(Backbone.load(backbone_dir))
         atomic_write(out / "knowledge.txt", format_knowledge(knowledge) + "\n")
         logger.info("\n%s", format_knowledge(knowledge))
-    else:  # another KARR set's facts are its own: its build records what was asked of which model
-        knowledge = _build_probe(Path(karr_dir))
-        logger.info("[2/3] the facts behind %s: %s", karr_dir, "as probed when it was built (build.json)"
-                    if knowledge else "no probe recorded")
 
     train_config = config.train_config()
     specs = standard_methods(methods, train_config,
