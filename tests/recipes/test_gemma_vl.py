@@ -128,3 +128,21 @@ def test_real_karr_runs_karr_bench_on_the_real_knowledge_rows(world, tiny_dirs, 
     assert set(karr["by_category"]) == {r.meta["category"] for r in load_jsonl(KARR_REAL / "karr.jsonl").records}
     assert report["evaluations"]["karr_control"]["methods"]["slq"]
     assert report["knowledge"]["kept"] and "facts" not in report["knowledge"]
+
+
+def test_shipped_tower_is_small_and_made_by_the_default_recipe():
+    """What slq ships of slq-gemma-vl: the tower and projector only (no language-model tensor), under
+    10 MB, from the recipe's own defaults (so `scripts/pretrain_gemma_vl.py` remakes it), with its card."""
+    from dataclasses import asdict
+
+    from slq.recipes.gemma_vl import SLQ_GEMMA_VL, read_vision
+
+    settings, tensors = read_vision(SLQ_GEMMA_VL)
+    assert (SLQ_GEMMA_VL / "vision.safetensors").stat().st_size <= 10 * 2**20
+    assert all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in tensors)
+    assert tensors["model.multi_modal_projector.mm_input_projection_weight"].shape == (settings.hidden_size, 640)
+    saved = json.loads((SLQ_GEMMA_VL / "gemma-vl.json").read_text())
+    assert saved["pretraining"] == json.loads(json.dumps(asdict(GemmaVLConfig())))
+    assert set(saved["pretraining"]["mixture"]) <= {"caption", "listing"}, "plain captions only"
+    card = (SLQ_GEMMA_VL / "README.md").read_text()
+    assert saved["language_model_sha256"] in card and "What it captions" in card

@@ -68,7 +68,8 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone_dir = Path(backbone_dir) if backbone_dir is not None else DEFAULT_BACKBONE
-    logger.info("[1/3] the shapes world (%d train / %d test images) and KARR-Shapes", config.n_train, config.n_test)
+    logger.info("[1/3] the shapes world (%d train / %d test images) and %s", config.n_train, config.n_test,
+                "KARR-Shapes" if karr_dir is None else karr_dir)
     world = write_world(out / "world", n_train=config.n_train, n_val=1, n_test=config.n_test, seed=config.seed,
                         progress=progress)
     karr = load_jsonl(Path(karr_dir or KARR_SHAPES) / KARR_FILE)
