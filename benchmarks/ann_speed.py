@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import K, fmt, log, search_args, memory_available, percentiles, run_worker  # noqa: E402
 from slq._io import peak_rss_mb  # noqa: E402
 
-TARGET_RECALL = 0.95  # ANN recall@10 of exact, the target
+TARGET_RECALL = 0.95  # ANN recall@10 of exact, the target
 
 
 def time_each(fn, inputs: list, warmup: int, max_seconds: float) -> list[float]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# A Qwen2-VL of the size the issue names: LM hidden 512, 8 layers; 448 px images give 256 image tokens.
+# A Qwen2-VL of the size the large-batch target is set at: LM hidden 512, 8 layers; 448 px images give 256 image tokens.
 DEFAULT_OVERRIDES = {
     "text_config": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
                     "num_attention_heads": 8, "num_key_value_heads": 2, "rope_parameters": {"mrope_section": [16, 8, 8]}},

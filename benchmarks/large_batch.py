@@ -20,7 +20,7 @@ as `slq train` does:
   forward_large        the bare forward over the same pairs, in chunks of --chunk-size, no grad
   slq_run              SLQ, --chunk-size, prompts kept (--prompt-cache-device-mb, then RAM)
   lora_run             LoRA r=16 on the LM with GradCache (--baseline-chunk-size), last-token pooling
-Prints a table, then one JSON line: the ratios the issue sets targets for.
+Prints a table, then one JSON line: the ratios the targets are set on.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def run_part(backbone, args, folder: Path) -> dict[str, dict]:
 
 
 def summarise(results: dict[str, dict], args) -> dict:
-    """The ratios the issue's targets are set on (None where a part did not run)."""
+    """The ratios the targets are set on (None where a part did not run)."""
     def get(method, key):
         return results.get(method, {}).get(key)
 

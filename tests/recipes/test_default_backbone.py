@@ -20,7 +20,7 @@ def _card() -> dict:
 
 def test_shipped_checkpoint_is_the_one_its_card_describes():
     weights = DEFAULT_BACKBONE / "model.safetensors"
-    assert weights.stat().st_size <= 25 * 2**20, "the issue's size limit"
+    assert weights.stat().st_size <= 25 * 2**20, "the shipped checkpoint's size limit"
     fingerprint = Backbone.load(DEFAULT_BACKBONE).fingerprint()
     recorded = _card()["fingerprint"]
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == recorded["safetensors_sha256"]
@@ -28,7 +28,7 @@ def test_shipped_checkpoint_is_the_one_its_card_describes():
     assert fingerprint["weights_probe"] == pytest.approx(recorded["weights_probe"], rel=1e-5)
     card = (DEFAULT_BACKBONE / "README.md").read_text()
     assert recorded["safetensors_sha256"] in card and recorded["config_sha256"] in card
-    assert fingerprint["model_type"] == "qwen2_vl", "the M-RoPE family, as the issue prefers"
+    assert fingerprint["model_type"] == "qwen2_vl", "the M-RoPE family, the hardest positions to get right"
 
 
 @pytest.fixture(scope="module")

@@ -104,27 +104,31 @@ def run_mmeb_bench(args: argparse.Namespace) -> None:
     from ..recipes.mmeb import MMEBBenchConfig, format_mmeb_comparison, run_mmeb_bench
 
     report = run_mmeb_bench(args.out, config_from_args(MMEBBenchConfig, args), backbone_dir=args.backbone,
-                            methods=[m.strip() for m in args.methods.split(",") if m.strip()])
+                            methods=_methods(args))
     print(format_mmeb_comparison(report))
     print(f"slq: report written to {args.out / 'report.json'}, table to {args.out / 'table.md'}")
 
 
 def run_real_karr(args: argparse.Namespace) -> None:
     from ..recipes.gemma_vl.bench import RealKarrConfig, run_real_karr
-    from ..recipes.karr import format_karr_table
 
-    report = run_real_karr(args.out, config_from_args(RealKarrConfig, args), backbone_dir=args.backbone,
-                           vision_dir=args.vision, methods=[m.strip() for m in args.methods.split(",") if m.strip()])
-    print(format_karr_table(report))
-    print(f"slq: report written to {args.out / 'report.json'}, tables to {args.out / 'karr.md'} and "
-          f"{args.out / 'table.md'}")
+    _show_karr(args.out, run_real_karr(args.out, config_from_args(RealKarrConfig, args), backbone_dir=args.backbone,
+                                       vision_dir=args.vision, methods=_methods(args)))
 
 
 def run_karr_bench(args: argparse.Namespace) -> None:
-    from ..recipes.karr import KarrBenchConfig, format_karr_table, run_karr_bench
+    from ..recipes.karr import KarrBenchConfig, run_karr_bench
 
-    report = run_karr_bench(args.out, config_from_args(KarrBenchConfig, args), backbone_dir=args.backbone,
-                            karr_dir=args.karr, methods=[m.strip() for m in args.methods.split(",") if m.strip()])
+    _show_karr(args.out, run_karr_bench(args.out, config_from_args(KarrBenchConfig, args), backbone_dir=args.backbone,
+                                        karr_dir=args.karr, methods=_methods(args)))
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in args.methods.split(",") if m.strip()]
+
+
+def _show_karr(out: Path, report: dict) -> None:
+    from ..recipes.karr import format_karr_table
+
     print(format_karr_table(report))
-    print(f"slq: report written to {args.out / 'report.json'}, tables to {args.out / 'karr.md'} and "
-          f"{args.out / 'table.md'}")
+    print(f"slq: report written to {out / 'report.json'}, tables to {out / 'karr.md'} and {out / 'table.md'}")
