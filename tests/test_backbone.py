@@ -88,6 +88,19 @@ def test_texts_spelling_special_tokens_are_refused(backbones):
             backbones["qwen2_vl"].text_batch(["fine", text])
 
 
+def test_plain_added_tokens_are_not_refused(tiny_dirs):
+    """Gemma's tokenizer adds plain tokens too (runs of newlines): a text may hold them, as E5-V's
+    one-word prompt does; only special tokens would reshape the prompt."""
+    from slq.errors import DataError
+
+    backbone = Backbone.load(tiny_dirs["gemma3"])
+    backbone.tokenizer.add_tokens(["\n\n"])  # not special, as in Gemma's vocabulary
+    backbone = Backbone(backbone.model, backbone.tokenizer, backbone.image_processor, backbone.family, backbone.path)
+    assert backbone.text_batch(["a red circle\n\nSummary above sentence in one word:"]).input_ids.shape[0] == 1
+    with pytest.raises(DataError, match="special token"):
+        backbone.text_batch(["a <start_of_image> circle"])
+
+
 def test_bos_is_prepended_where_the_tokenizer_would_add_it(tiny_dirs, tmp_path):
     """LLaVA-1.5's template renders no BOS; its tokenizer adds one. slq must not drop it."""
     from tokenizers.processors import TemplateProcessing

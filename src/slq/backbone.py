@@ -144,7 +144,9 @@ class Backbone:
         bos = self.tokenizer.bos_token
         adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [self.tokenizer.bos_token_id]
         self._bos_prefix = bos if adds_bos else ""
-        self._special_strings = sorted(self.tokenizer.added_tokens_encoder, key=len, reverse=True)
+        # Special tokens only: Gemma's tokenizer also adds plain ones (runs of newlines, spaces) that texts may hold.
+        specials = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        self._special_strings = sorted(specials, key=len, reverse=True)
         self.freeze()
 
     @classmethod
