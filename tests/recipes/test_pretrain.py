@@ -16,7 +16,7 @@ from slq.errors import SLQError
 from slq.recipes.pretrain import (IGNORE, Collator, Example, GenerativeData, PretrainConfig, build_initial_model,
                                   caption_attribute_accuracy, listing, mixture_at, pretrain, score_caption,
                                   vision_feature_health, vqa_pairs)
-from slq.recipes.pretrain.loop import _load_images, _load_world_text
+from slq.recipes.pretrain.loop import load_images, load_world_text
 
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, threads=1,
             stages=[[1, {"colour": 1.0}], [1, {"shape": 1.0}]])  # short runs reach the mixture
@@ -56,11 +56,11 @@ def _collator(model_dir: Path, world: Path) -> tuple[Collator, GenerativeData]:
         AutoTokenizer,
     )
 
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "right"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    collate = Collator(model, tokenizer, AutoImageProcessor.from_pretrained(model_dir), _load_images(world, records))
+    collate = Collator(model, tokenizer, AutoImageProcessor.from_pretrained(model_dir), load_images(world, records))
     return collate, GenerativeData(records, knowledge, held_out, PretrainConfig().mixture)
 
 
@@ -85,7 +85,7 @@ def test_labels_cover_only_the_answer(run, world):
 
 
 def test_word_dropout_only_on_caption_and_paraphrase_answers(world):
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     mixture = {"caption": 0.3, "listing": 0.1, "vqa": 0.3, "paraphrase": 0.15, "knowledge": 0.15}
     data = GenerativeData(records, knowledge, held_out, mixture, noise_ids=[5, 6], noise_prob=0.5, noise_rate=0.8)
     examples = [e for step in range(20) for e in data.batch(0, step, 16)]
@@ -137,7 +137,7 @@ def test_checkpoint_loads_like_a_download(run, world):
 
 
 def test_questions_never_name_held_out_pairs(world):
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     for i, record in enumerate(records):
         for question, answer in vqa_pairs(record["objects"], held_out, random.Random(i)):
             assert not any(f"{c} {s}" in question for c, s in held_out), question
@@ -232,8 +232,8 @@ def test_feature_health_sees_a_collapsed_tower(run, world):
     from slq.backbone import Backbone
 
     backbone = Backbone.load(run[0])
-    records, _, _ = _load_world_text(world)
-    images = _load_images(world, records[:4])
+    records, _, _ = load_world_text(world)
+    images = load_images(world, records[:4])
     health = vision_feature_health(backbone, images)
     assert health["feature_norm"] > 0 and -1 <= health["within_image_cos"] <= 1
     with torch.no_grad():  # a tower whose output ignores its input: every token is the merger's bias
@@ -273,7 +273,7 @@ def test_listing_names_every_object_in_reading_order(world):
                {"shape": "star", "colour": "red", "size": "small"}]
     assert listing(objects) == "a small red star, a large blue circle and a small red star"
     assert listing(objects[:1]) == "a small red star"
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     for r in records:
         assert score_caption(listing(r["objects"]), r["objects"])["pair"] == [len(r["objects"])] * 2, \
             "a listing is a fully correct caption"
@@ -287,7 +287,7 @@ def test_curriculum_stages_then_the_mixture(world):
                             mixture={"listing": 1.0})
     assert [mixture_at(config, s) for s in (0, 2, 3, 4, 5, 99)] == [{"colour": 1.0}] * 2 + \
         [{"colour": 0.5, "shape": 0.5}] * 2 + [{"listing": 1.0}] * 2
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     data = GenerativeData(records, knowledge, held_out, config.mixture)
     examples = [e for step in range(5) for e in data.batch(0, step, 8, mixture_at(config, step))]
     questions = {e.text for e in examples}
@@ -364,7 +364,7 @@ def test_only_text_tasks_name_text_only_clues(world):
     never a task with an image: KARR-Shapes' text-only clues stay out of sight of any picture."""
     from slq.data.shapes import COLOUR_CLUES, SEEN_COLOUR_THINGS
 
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     text_only = [f"of {t}" for c, things in COLOUR_CLUES.items() for t in things if t not in SEEN_COLOUR_THINGS[c]]
     data = GenerativeData(records, knowledge, held_out, {"knowledge_paraphrase_all": 1.0})
     rng = random.Random(0)

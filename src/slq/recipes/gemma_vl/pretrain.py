@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..._io import atomic_write, check_settings, save_folder, setting
 from ...errors import SettingError, SLQError
 from ...train import load_optimizer_tensors, optimizer_tensors
-from ..pretrain.loop import _load_images, _load_world_text
+from ..pretrain.loop import load_images, load_world_text
 from ..pretrain.tasks import IGNORE, Collator, GenerativeData
 from .assemble import SETTINGS_FILE, VISION_FILE, VisionSettings, build_model, language_model_sha256, vision_tensors
 
@@ -139,9 +139,9 @@ def _pretrain(out: Path, world: Path, lm_dir: Path, work: Path, config: GemmaVLC
     model, tokenizer, image_processor = build_model(lm_dir, config.vision, seed=config.seed, vision=vision)
     lm_sha = language_model_sha256(model)
     tokenizer.padding_side = "right"
-    records, knowledge, held_out = _load_world_text(world)
+    records, knowledge, held_out = load_world_text(world)
     data = GenerativeData(records, knowledge, held_out, config.mixture)
-    collate = Collator(model, tokenizer, image_processor, _load_images(world, records))
+    collate = Collator(model, tokenizer, image_processor, load_images(world, records))
     optimizer = torch.optim.AdamW(_trainable(model), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     if state is not None:
         load_optimizer_tensors(optimizer, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])

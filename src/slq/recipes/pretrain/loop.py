@@ -52,7 +52,7 @@ def _param_groups(model, config: PretrainConfig) -> list[dict]:
              "vision": True}]
 
 
-def _load_world_text(world_dir: Path) -> tuple[list[dict], list[str], frozenset]:
+def load_world_text(world_dir: Path) -> tuple[list[dict], list[str], frozenset]:
     """Training records, knowledge sentences and held-out pairs of a world folder."""
     records = [json.loads(line) for line in (world_dir / "train.jsonl").read_text().splitlines() if line.strip()]
     seed = json.loads((world_dir / "world.json").read_text())["seed"]
@@ -60,7 +60,7 @@ def _load_world_text(world_dir: Path) -> tuple[list[dict], list[str], frozenset]
     return records, knowledge, held_out_combos(seed)
 
 
-def _load_images(world_dir: Path, records: Sequence[dict]) -> list[Image.Image]:
+def load_images(world_dir: Path, records: Sequence[dict]) -> list[Image.Image]:
     images = []
     for r in records:
         with Image.open(world_dir / r["image"]) as im:
@@ -71,7 +71,7 @@ def _load_images(world_dir: Path, records: Sequence[dict]) -> list[Image.Image]:
 def tokenizer_corpus(world_dir: str | os.PathLike) -> list[str]:
     """Texts the tokenizer learns from: the world's training captions, questions, answers, facts."""
     world_dir = Path(world_dir)
-    records, knowledge, held_out = _load_world_text(world_dir)
+    records, knowledge, held_out = load_world_text(world_dir)
     texts = list(knowledge)
     for i, r in enumerate(records):
         texts += r["captions"]
@@ -150,8 +150,8 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
     tokenizer = AutoTokenizer.from_pretrained(init)
     tokenizer.padding_side = "right"
     image_processor = AutoImageProcessor.from_pretrained(init)
-    records, knowledge, held_out = _load_world_text(world)
-    images = _load_images(world, records)
+    records, knowledge, held_out = load_world_text(world)
+    images = load_images(world, records)
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())  # incl. image tokens
     data = GenerativeData(records, knowledge, held_out, config.mixture,
                           noise_ids=[i for i in range(len(tokenizer)) if i not in special],
