@@ -74,6 +74,22 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def save_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """A recipe's resumable state in `folder`: the optimizer's tensors as safetensors, its groups and
+    the run's `state` (step, history, settings) as `state.json`, written last (no pickle)."""
+    tensors, groups = optimizer_tensors(optimizer)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / OPTIMIZER_FILE))
+    atomic_write(folder / "state.json", json.dumps({**state, "param_groups": groups}))
+
+
+def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The inverse of `save_optimizer_state`, given the `state.json` already read from `folder`."""
+    load_optimizer_tensors(optimizer, load_file(str(folder / OPTIMIZER_FILE)), state["param_groups"])
+
 def run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
     """What a checkpoint must share with the run resuming it: data order, schedule, model, processes."""
     same = {k: v for k, v in asdict(config).items() if k not in HOW_NOT_WHAT}

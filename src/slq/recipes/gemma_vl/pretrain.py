@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..._io import atomic_write, check_settings, save_folder, setting
 from ...errors import SettingError, SLQError
-from ...train import load_optimizer_tensors, optimizer_tensors
+from ...train import load_optimizer_state, save_optimizer_state
 from ..pretrain.loop import load_images, load_world_text
 from ..pretrain.tasks import IGNORE, Collator, GenerativeData
 from .assemble import SETTINGS_FILE, VISION_FILE, VisionSettings, build_model, language_model_sha256, vision_tensors
@@ -144,7 +144,7 @@ def _pretrain(out: Path, world: Path, lm_dir: Path, work: Path, config: GemmaVLC
     collate = Collator(model, tokenizer, image_processor, load_images(world, records))
     optimizer = torch.optim.AdamW(_trainable(model), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
     if state is not None:
-        load_optimizer_tensors(optimizer, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
+        load_optimizer_state(ckpt, optimizer, state)
         logger.info("resuming slq-gemma-vl pretraining at step %d", start)
     model.model.vision_tower.train()
     model.model.multi_modal_projector.train()
@@ -176,9 +176,7 @@ def _pretrain(out: Path, world: Path, lm_dir: Path, work: Path, config: GemmaVLC
 def _save(folder: Path, model, optimizer: torch.optim.Optimizer, state: dict) -> None:
     def write(d: Path) -> None:
         save_file(vision_tensors(model), str(d / VISION_FILE))
-        tensors, groups = optimizer_tensors(optimizer)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(d / "optimizer.safetensors"))
-        atomic_write(d / "state.json", json.dumps({**state, "param_groups": groups}))
+        save_optimizer_state(d, optimizer, state)
 
     save_folder(folder, write)
 

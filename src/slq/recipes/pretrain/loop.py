@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..._io import atomic_write, save_folder
+from ..._io import save_folder
 from ...data.shapes import held_out_combos
 from ...errors import SLQError
 from ...tiny import build_tiny_model
-from ...train import load_optimizer_tensors, optimizer_tensors
+from ...train import load_optimizer_state, save_optimizer_state
 from .config import VOCAB_SIZE, PretrainConfig, _stage_at, image_processor_overrides, mixture_at, model_overrides
 from .tasks import Collator, GenerativeData, _rng, vqa_pairs
 
@@ -88,13 +87,6 @@ def build_initial_model(out_dir: str | os.PathLike, world_dir: str | os.PathLike
                             config_overrides=model_overrides(**(size or {})),
                             image_processor_overrides=image_processor_overrides(image_side, image_mean, image_std),
                             corpus=tokenizer_corpus(world_dir), overwrite=True)
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, state: dict) -> None:
-    """The optimizer's tensors as safetensors, its groups and the run's state as JSON (no pickle)."""
-    tensors, groups = optimizer_tensors(optimizer)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "optimizer.safetensors"))
-    atomic_write(folder / "state.json", json.dumps({**state, "param_groups": groups}))
 
 
 @dataclass
@@ -171,7 +163,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
             raise SLQError(f"{ckpt}: checkpoint of a run on {state.get('device', 'cpu')}, not {device.type}; "
                            "use another work folder or resume=False")
         start, history = state["step"], state["history"]
-        load_optimizer_tensors(optimizer, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
+        load_optimizer_state(ckpt, optimizer, state)
         logger.info("resuming pretraining at step %d", start)
     model.train()
     began = time.perf_counter()
@@ -195,7 +187,7 @@ def _pretrain(out: Path, world: Path, work: Path, config: PretrainConfig, resume
         done = step + 1
         if config.save_every and done % config.save_every == 0 and done < config.steps:
             state = {"step": done, "history": history, "device": device.type, "config": asdict(config)}
-            save_folder(ckpt, model.save_pretrained, lambda d, state=state: _save_optimizer(optimizer, d, state))
+            save_folder(ckpt, model.save_pretrained, lambda d, state=state: save_optimizer_state(d, optimizer, state))
     bar.close()
     seconds = time.perf_counter() - began
     model.eval()
