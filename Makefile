@@ -13,7 +13,7 @@ EVIDENCE_STAMP := $(VENV)/.slq-evidence-installed
 WORDNET := /usr/share/wordnet/data.noun
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast demo evidence mmeb karr real-karr clean
+.PHONY: install test test-fast test-torchvision demo evidence mmeb karr real-karr clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q -m "not slow" --durations=5
+
+# transformers' fast (torchvision) image processors against the PIL ones, per family. torchvision does not
+# load beside the CPU torch 2.13.0, so this runs in a venv of its own with torch 2.14.1 and torchvision
+# 0.29.1 (a CUDA build, several GB, run on the CPU); there the tests must run, not skip. CI runs it.
+TV_VENV  := .venv-torchvision
+TV_STAMP := $(TV_VENV)/.slq-installed
+$(TV_STAMP): pyproject.toml
+	test -x $(TV_VENV)/bin/python || $(PYTHON) -m venv $(TV_VENV)
+	$(TV_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.14.1 torchvision==0.29.1
+	$(TV_VENV)/bin/python -m pip --disable-pip-version-check -q install -e ".[test]"
+	touch $(TV_STAMP)
+
+test-torchvision: $(TV_STAMP)
+	SLQ_REQUIRE_TORCHVISION=1 $(TV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_prefetch.py -k fast_image_processor
 
 demo: $(STAMP)
 	$(BIN)/slq demo --out runs/demo
