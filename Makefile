@@ -72,7 +72,7 @@ karr: $(STAMP)
 	$(BIN)/slq karr-bench --out runs/karr
 
 # KARR on knowledge the language model states itself, on slq-gemma-vl (docs/karr.md); Gemma 3 270M from the registry.
-real-karr: $(EVIDENCE_STAMP)
+real-karr: $(EVIDENCE_STAMP) $(WORDNET)
 	$(BIN)/slq real-karr --out runs/real-karr
 
 clean:

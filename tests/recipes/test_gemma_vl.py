@@ -130,6 +130,34 @@ def test_real_karr_runs_karr_bench_on_the_real_knowledge_rows(world, tiny_dirs, 
     assert report["knowledge"]["kept"] and "facts" not in report["knowledge"]
 
 
+def test_the_real_knowledge_probe_reads_the_language_model_as_the_text_probe_does(world, tiny_dirs, tmp_path):
+    """`RealKnowledgeCapability` on an untouched assembled slq-gemma-vl ranks the facts exactly as
+    `slq karr real` ranks them on the text-only language model it holds (the same LM, so the same
+    facts first), and scores its text perplexity and the shapes probe; a language model changed by
+    training scores otherwise."""
+    from slq.evaluation.capability import measure_capability, text_perplexity
+    from slq.karr.real import backbone_scorer, probe_facts
+    from slq.recipes.gemma_vl.bench import RealKnowledgeCapability
+
+    pretrain_gemma_vl(tmp_path / "vl", world, tiny_dirs["gemma3_text"], GemmaVLConfig(steps=1, save_every=0, **FAST),
+                      progress=False)
+    vl = Backbone.load(assemble(tmp_path / "vl", tiny_dirs["gemma3_text"], cache_dir=tmp_path / "cache"))
+    text = Backbone.load(tiny_dirs["gemma3_text"])
+    probe = RealKnowledgeCapability.for_test(load_jsonl(Path(world) / "test.jsonl"), 2, n_texts=6)
+    assert len(probe.texts) == 6 and len(set(probe.texts)) == 6
+    before = measure_capability(probe, vl)
+    table = probe_facts(backbone_scorer(text), probe.facts)
+    assert before["facts_first"] == round(sum(row["kept"] for row in table) / len(table), 4)
+    # The same weights; the assembled table's 64 padding rows (zero, tied to the head) add 64 zero logits
+    # to every softmax, which raises the perplexity of a tiny random LM (logits near 0) and not of Gemma.
+    assert before["text_perplexity"] > text_perplexity(text, probe.texts) > 1
+    assert {"caption_attributes", "vqa"} <= set(before)
+    with torch.no_grad():
+        for p in vl.model.model.language_model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert measure_capability(probe, vl)["text_perplexity"] != before["text_perplexity"]
+
+
 def test_shipped_tower_is_small_and_made_by_the_default_recipe():
     """What slq ships of slq-gemma-vl: the tower and projector only (no language-model tensor), under
     10 MB, from the recipe's own defaults (so `scripts/pretrain_gemma_vl.py` remakes it), with its card."""

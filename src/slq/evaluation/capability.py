@@ -245,6 +245,20 @@ class ShapesCapability:
                 "vqa": answer_accuracy(answers, [a for _, _, a in asked])}
 
 
+def text_perplexity(backbone: Backbone, texts: Sequence[str], *, batch_size: int = 16) -> float | None:
+    """The language model's perplexity on plain `texts`, each after the BOS token (no chat template),
+    teacher-forced: its fluency in text, which a method that trains the LM may lose."""
+    tokenizer = backbone.tokenizer
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    nll, tokens = 0.0, 0
+    for chunk in _chunks(texts, batch_size):
+        prompt = torch.full((len(chunk), 1), start, device=backbone.device)  # (B, 1)
+        more = continuation_nll(backbone, PrefixBatch(prompt, torch.ones_like(prompt)),
+                                [_ids(backbone, text) for text in chunk])
+        nll, tokens = nll + more[0], tokens + more[1]
+    return _perplexity(nll, tokens)
+
+
 DEFINITION_PROMPT = "\nThe word defined above is"
 
 
@@ -275,16 +289,8 @@ class DefinitionCapability:
         said = []
         for chunk in _chunks(self.pairs, self.batch_size):
             said += generate(backbone, backbone.text_batch([d for _, d in chunk], self.prompt), max_new_tokens=4)
-        tokenizer = backbone.tokenizer
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        nll, tokens = 0.0, 0
-        for chunk in _chunks(self.held_out_texts, self.batch_size):
-            prompt = torch.full((len(chunk), 1), start, device=backbone.device)  # (B, 1)
-            more = continuation_nll(backbone, PrefixBatch(prompt, torch.ones_like(prompt)),
-                                    [_ids(backbone, text) for text in chunk])
-            nll, tokens = nll + more[0], tokens + more[1]
         return {"word_from_definition": answer_accuracy(said, [w for w, _ in self.pairs]),
-                "perplexity": _perplexity(nll, tokens)}
+                "perplexity": text_perplexity(backbone, self.held_out_texts, batch_size=self.batch_size)}
 
 
 @dataclass(frozen=True)

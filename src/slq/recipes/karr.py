@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .._io import atomic_write, setting
 from ..backbone import Backbone
-from ..data import load_jsonl
+from ..data import ImageTextDataset, load_jsonl
 from ..data.shapes import write_world
 from ..errors import SettingError
-from ..evaluation.capability import capability_probe_for
+from ..evaluation.capability import CapabilityProbe, capability_probe_for
 from ..evaluation.compare import METHODS, baseline_config_for, compare, standard_methods
 from ..evaluation.evaluator import SavedRows
 from ..evaluation.knowledge import KnowledgeProbe, format_knowledge
@@ -58,9 +58,12 @@ class KarrBenchConfig(ShapesRunConfig):
 
 def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = None, *,
                    backbone_dir: str | os.PathLike | None = None, karr_dir: str | os.PathLike | None = None,
-                   methods: Sequence[str] = KARR_METHODS, progress: bool | None = None, **settings) -> dict:
+                   methods: Sequence[str] = KARR_METHODS, progress: bool | None = None,
+                   probe_for: Callable[[ImageTextDataset, int], CapabilityProbe] = capability_probe_for,
+                   **settings) -> dict:
     """Run the bench into `out_dir` (module docstring); returns the report. `karr_dir` defaults to the
-    shipped KARR-Shapes; `settings` override fields of `config`."""
+    shipped KARR-Shapes; `probe_for(test split, capability_limit)` makes the capability probe each
+    method's backbone gets after training; `settings` override fields of `config`."""
     config = replace(config or KarrBenchConfig(), **settings)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -101,7 +104,7 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
         logger.info("      %s: plain R@1 %.3f / %.3f, KARR R@1 %.3f / %.3f", method, row["t2i"]["R@1"],
                     row["i2t"]["R@1"], k["t2i"]["R@1"], k["i2t"]["R@1"])
 
-    probe = capability_probe_for(test, config.capability_limit) if config.capability_limit else None
+    probe = probe_for(test, config.capability_limit) if config.capability_limit else None
     report = compare(backbone_dir, load_jsonl(world["train"]), specs, evaluators, progress=progress,
                      isolate=True, jobs=config.jobs, resume=resume, on_row=log_row, capability=probe)
     report.update(backbone=str(backbone_dir), karr_bench_config=asdict(config),
