@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from slq.data import load_jsonl
@@ -24,10 +25,10 @@ from slq.evaluation.retrieval import RetrievalEvaluator
 from slq.recipes.gemma_vl import SLQ_GEMMA_VL, gemma_vl_backbone
 from slq.recipes.gemma_vl.bench import RealKarrConfig
 from slq.retriever import SLQRetriever
-from slq.train import TrainConfig, train
+from slq.train import train
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     defaults = RealKarrConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-queries", type=int, nargs="+", default=[defaults.num_queries])
@@ -36,18 +37,20 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--n-train", type=int, default=defaults.n_train)
     p.add_argument("--vision", type=Path, default=SLQ_GEMMA_VL, help="slq-gemma-vl tower folder (default: shipped)")
+    p.add_argument("--backbone", type=Path, default=None, help="a checkpoint folder instead of slq-gemma-vl")
     p.add_argument("--work", type=Path, default=Path("runs/real-karr-sweep"), help="the world is written here")
     p.add_argument("--log", type=Path, required=True, help="JSON lines, one per setting (appended)")
     args = p.parse_args(argv)
 
-    backbone = gemma_vl_backbone(args.vision)
+    backbone = args.backbone or gemma_vl_backbone(args.vision)
     world = write_world(args.work / "world", n_train=args.n_train, n_val=100, n_test=1, seed=defaults.seed)
     train_set, validation = load_jsonl(world["train"]), RetrievalEvaluator(load_jsonl(world["val"]), "validation")
+    rows = []
     for num_queries, lr in itertools.product(args.num_queries, args.lr):
         began = time.perf_counter()
         retriever = SLQRetriever.from_pretrained(backbone, num_queries=num_queries, seed=defaults.seed)
-        config = TrainConfig(num_queries=num_queries, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
-                             seed=defaults.seed, prompt_cache_mb=defaults.prompt_cache_mb)
+        config = replace(defaults, num_queries=num_queries, lr=lr, epochs=args.epochs,
+                         batch_size=args.batch_size).train_config()
         result = train(retriever, train_set, config)
         scores = validation(retriever)
         row = {"num_queries": num_queries, "lr": lr, "epochs": args.epochs, "n_train": args.n_train,
@@ -56,6 +59,8 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
         with args.log.open("a") as log:
             log.write(json.dumps(row) + "\n")
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

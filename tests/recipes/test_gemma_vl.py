@@ -18,6 +18,7 @@ from slq.evaluation.capability import caption_attribute_accuracy
 from slq.recipes.gemma_vl import (GemmaVLConfig, VisionSettings, assemble, build_model, language_model_sha256,
                                   pretrain_gemma_vl)
 from slq.recipes.pretrain.tasks import IGNORE
+from wordnet_fixture import write_fixture
 
 TINY_VISION = VisionSettings(image_side=16, patch_size=4, hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=32, tokens_per_image=4)
@@ -120,7 +121,7 @@ def test_real_karr_runs_karr_bench_on_the_real_knowledge_rows(world, tiny_dirs, 
     folder = assemble(tmp_path / "vl", tiny_dirs["gemma3_text"], cache_dir=tmp_path / "cache")
     argv = ["real-karr", "--out", str(tmp_path / "out"), "--backbone", str(folder), "--methods", "zero_shot_mean,slq",
             "--n-train", "8", "--n-test", "4", "--epochs", "1", "--num-queries", "2", "--batch-size", "4",
-            "--capability-limit", "0"]
+            "--capability-limit", "1", "--wordnet-dir", str(write_fixture(tmp_path / "wn"))]
     assert main(argv) == 0
     assert "KARR t2i" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -128,6 +129,22 @@ def test_real_karr_runs_karr_bench_on_the_real_knowledge_rows(world, tiny_dirs, 
     assert set(karr["by_category"]) == {r.meta["category"] for r in load_jsonl(KARR_REAL / "karr.jsonl").records}
     assert report["evaluations"]["karr_control"]["methods"]["slq"]
     assert report["knowledge"]["kept"] and "facts" not in report["knowledge"]
+    assert report["capability"]["probe"] == "real_knowledge"
+    assert {"facts_first", "text_perplexity", "caption_attributes"} <= set(report["capability"]["untouched"])
+    assert report["methods"]["slq"]["capability_change"]["text_perplexity"] == 0  # SLQ leaves the LM as it was
+
+
+def test_the_sweep_script_scores_each_setting_on_validation(world, tiny_dirs, tmp_path):
+    """scripts/real_karr_sweep.py trains SLQ once per setting of its grid and logs validation recall."""
+    import runpy
+
+    sweep = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "real_karr_sweep.py"))
+    log = tmp_path / "sweep.jsonl"
+    rows = sweep["main"](["--backbone", str(tiny_dirs["gemma3"]), "--work", str(tmp_path / "w"), "--log", str(log),
+                          "--n-train", "6", "--epochs", "1", "--batch-size", "3", "--num-queries", "2", "3"])
+    assert [r["num_queries"] for r in rows] == [2, 3]
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows
+    assert all(0 <= r["t2i/R@1"] <= 1 and r["final_loss"] > 0 for r in rows)
 
 
 def test_the_real_knowledge_probe_reads_the_language_model_as_the_text_probe_does(world, tiny_dirs, tmp_path):
@@ -143,11 +160,13 @@ def test_the_real_knowledge_probe_reads_the_language_model_as_the_text_probe_doe
                       progress=False)
     vl = Backbone.load(assemble(tmp_path / "vl", tiny_dirs["gemma3_text"], cache_dir=tmp_path / "cache"))
     text = Backbone.load(tiny_dirs["gemma3_text"])
-    probe = RealKnowledgeCapability.for_test(load_jsonl(Path(world) / "test.jsonl"), 2, n_texts=6)
-    assert len(probe.texts) == 6 and len(set(probe.texts)) == 6
+    probe = RealKnowledgeCapability.for_test(load_jsonl(Path(world) / "test.jsonl"), 2, n_texts=4,
+                                             wordnet_dir=write_fixture(tmp_path / "wn"))
+    assert len(probe.texts) == 4 and len(set(probe.texts)) == 4
     before = measure_capability(probe, vl)
     table = probe_facts(backbone_scorer(text), probe.facts)
     assert before["facts_first"] == round(sum(row["kept"] for row in table) / len(table), 4)
+    assert 0 < before["facts_first"] < 1  # so that the equality above could fail
     # The same weights; the assembled table's 64 padding rows (zero, tied to the head) add 64 zero logits
     # to every softmax, which raises the perplexity of a tiny random LM (logits near 0) and not of Gemma.
     assert before["text_perplexity"] > text_perplexity(text, probe.texts) > 1

@@ -20,6 +20,7 @@ per category), `knowledge.txt`, plots. Finished rows are kept in `rows.json` acr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -93,9 +94,10 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
     train_config = config.train_config()
     specs = standard_methods(methods, train_config,
                              baseline_config_for(train_config, config.baseline_lr, config.baseline_epochs))
+    probe = probe_for(test, config.capability_limit) if config.capability_limit else None
     resume = SavedRows(out / ROWS_FILE, {m.name: {
         "method": asdict(m), "backbone": str(backbone_dir), "karr": karr.name, "n_karr": len(karr),
-        "n_test": config.n_test, "capability_limit": config.capability_limit, "jobs": config.jobs} for m in specs})
+        "n_test": config.n_test, "capability": _probe_identity(probe), "jobs": config.jobs} for m in specs})
     logger.info("[3/3] %s, %d at a time, each in a process of its own (rows kept in %s)",
                 ", ".join(m.name for m in specs), config.jobs, out / ROWS_FILE)
 
@@ -104,7 +106,6 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
         logger.info("      %s: plain R@1 %.3f / %.3f, KARR R@1 %.3f / %.3f", method, row["t2i"]["R@1"],
                     row["i2t"]["R@1"], k["t2i"]["R@1"], k["i2t"]["R@1"])
 
-    probe = probe_for(test, config.capability_limit) if config.capability_limit else None
     report = compare(backbone_dir, load_jsonl(world["train"]), specs, evaluators, progress=progress,
                      isolate=True, jobs=config.jobs, resume=resume, on_row=log_row, capability=probe)
     report.update(backbone=str(backbone_dir), karr_bench_config=asdict(config),
@@ -113,6 +114,12 @@ def run_karr_bench(out_dir: str | os.PathLike, config: KarrBenchConfig | None = 
     atomic_write(out / "karr.md", format_karr_table(report) + "\n")
     atomic_write(out / "knowledge.json", json.dumps(knowledge, indent=2) + "\n")
     return report
+
+
+def _probe_identity(probe: CapabilityProbe | None) -> str | None:
+    """A probe's name and a hash of all it asks (images, facts, texts): a row measured by another
+    probe is not reused."""
+    return None if probe is None else f"{probe.name}:{hashlib.sha256(repr(probe).encode()).hexdigest()[:16]}"
 
 
 def _build_probe(karr_dir: Path) -> dict:

@@ -90,6 +90,7 @@ def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, state: 
     """The inverse of `save_optimizer_state`, given the `state.json` already read from `folder`."""
     load_optimizer_tensors(optimizer, load_file(str(folder / OPTIMIZER_FILE)), state["param_groups"])
 
+
 def run_identity(config: TrainConfig, encoder: Encoder, dataset: ImageTextDataset, world_size: int) -> dict:
     """What a checkpoint must share with the run resuming it: data order, schedule, model, processes."""
     same = {k: v for k, v in asdict(config).items() if k not in HOW_NOT_WHAT}

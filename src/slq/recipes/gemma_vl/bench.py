@@ -20,8 +20,10 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from ..._io import setting
+from ...backbone import Backbone
 from ...data import ImageTextDataset
 from ...data.wordnet import DEFAULT_WORDNET_DIR, reverse_dictionary
+from ...errors import SettingError
 from ...evaluation.capability import ShapesCapability, text_perplexity
 from ...karr.real import FACTS, KARR_REAL, Fact, backbone_scorer, probe_facts
 from ..karr import KARR_METHODS, KarrBenchConfig, run_karr_bench
@@ -37,7 +39,8 @@ class RealKarrConfig(KarrBenchConfig):
     baseline_epochs: int = setting(2, "LoRA's and full fine-tuning's epochs (each step runs the whole 270M model "
                                       "with grad)", minimum=1)
     capability_limit: int = setting(50, "test images on which each method's backbone is probed after training "
-                                        "(greedy captions and VQA answers scored); 0 = no probe", minimum=0)
+                                        "(greedy captions and VQA answers scored, with the facts and the text "
+                                        "perplexity); 0 = no probe at all", minimum=0)
     eval_batch_size: int = setting(32, "items per forward pass when evaluating", minimum=1)
     jobs: int = setting(1, "methods trained at once, in separate processes (each holds the 270M model)", minimum=1)
     wordnet_dir: str = setting(str(DEFAULT_WORDNET_DIR), "WordNet 3.0 (Debian's wordnet-base): its noun definitions "
@@ -63,14 +66,16 @@ class RealKnowledgeCapability:
                  n_texts: int = 200) -> RealKnowledgeCapability:
         """The shapes probe on the first `limit` test images, every fact, and `n_texts` definitions
         spread evenly over WordNet's reverse dictionary."""
+        if not isinstance(n_texts, int) or n_texts < 1:
+            raise SettingError("n_texts", n_texts, "must be an integer >= 1 (definitions for the text perplexity)")
         definitions = [pair.definition for pair in reverse_dictionary(wordnet_dir)]
         texts = definitions[::max(1, len(definitions) // n_texts)][:n_texts]
         return cls(ShapesCapability.from_dataset(test, limit), tuple(FACTS), tuple(texts))
 
-    def __call__(self, backbone) -> dict[str, float | None]:
+    def __call__(self, backbone: Backbone) -> dict[str, float | None]:
         table = probe_facts(backbone_scorer(backbone), self.facts)
-        return {**self.shapes(backbone), "facts_first": round(sum(row["kept"] for row in table) / len(table), 4),
-                "text_perplexity": text_perplexity(backbone, self.texts)}
+        first = round(sum(row["kept"] for row in table) / len(table), 4) if table else None
+        return {**self.shapes(backbone), "facts_first": first, "text_perplexity": text_perplexity(backbone, self.texts)}
 
 
 def run_real_karr(out_dir: str | os.PathLike, config: RealKarrConfig | None = None, *,
