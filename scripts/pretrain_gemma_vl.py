@@ -78,7 +78,7 @@ def model_card(settings: dict, config: dict) -> str:
     acc, vision = settings["caption_accuracy"], config["vision"]
 
     def pct(key: str) -> str:
-        return "–" if acc.get(key) is None else f"{100 * acc[key]:.0f}%"
+        return "–" if acc.get(key) is None else f"{100 * acc[key]:.1f}%"
 
     samples = "\n".join(f"- {s['image']}: \"{s['caption']}\" (a true caption: \"{s['truth']}\")"
                         for s in acc.get("samples", [])[:5])
@@ -106,7 +106,7 @@ counts {pct('count')}; every mention right in {100 * acc['all_correct']:.0f}% of
   {vision['patch_size']}-px patches, pooled to {vision['tokens_per_image']} soft tokens per image
 - pretraining: {config['steps']} steps of {config['batch_size']} captioned images (tasks {config['mixture']}),
   AdamW lr {config['lr']}, {settings['seconds'] // 60} minutes of wall time on 2 CPU cores (shared with other
-  jobs; a step takes about 2.4 s on idle cores), language model frozen
+  jobs; a step takes about 2.1 s on idle cores), language model frozen
 - reproduce: `python scripts/pretrain_gemma_vl.py --out DIR` (deterministic for a given thread count)
 """
 
