@@ -36,6 +36,8 @@ logger = logging.getLogger("slq")
 class RealKarrConfig(KarrBenchConfig):
     """karr-bench's settings, sized for a 270M language model on a CPU."""
 
+    num_queries: int = setting(8, "SLQ queries (chosen on the world's validation split: docs/gemma-vl.md)", minimum=1)
+    lr: float = setting(1e-1, "SLQ's peak learning rate (chosen on the validation split)")
     baseline_epochs: int = setting(2, "LoRA's and full fine-tuning's epochs (each step runs the whole 270M model "
                                       "with grad)", minimum=1)
     capability_limit: int = setting(50, "test images on which each method's backbone is probed after training "
